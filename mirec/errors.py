@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints them as one line (no traceback) and exits with code 2."""
+
+
+class MirecError(Exception):
+    """An error caused by the user's input or configuration, with a message that says what to fix."""
+
+
+class DataError(MirecError):
+    """Unusable input data (wrong file, missing columns, no usable rows)."""
+
+
+class ConfigError(MirecError):
+    """A configuration file or value that cannot be used."""
