@@ -8,7 +8,10 @@ from typing import Optional
 
 import typer
 
-from mirec.config import DataConfig, SourceConfig, load_yaml_config
+from pydantic import ValidationError
+
+from mirec.config import DataConfig, load_yaml_config
+from mirec.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -16,11 +19,21 @@ FORMAT_HELP = ("Input format: table (generic CSV/Parquet + --map), movielens-csv
                "movies.csv), movielens-dat (ml-1m '::' files), whitespace ('user item rating timestamp').")
 
 
+def _config(data: dict) -> DataConfig:
+    """DataConfig from CLI values; a bad value is a one-line ConfigError, not a pydantic traceback."""
+    try:
+        return DataConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise ConfigError(f"invalid option for '{where}': {first['msg']}") from None
+
+
 def _parse_map(pairs: list[str]) -> dict[str, str]:
     out = {}
     for p in pairs:
         if "=" not in p:
-            raise typer.BadParameter(f"--map takes canonical=source pairs, got {p!r}")
+            raise ConfigError(f"--map takes canonical=source pairs (e.g. user_id=uid), got {p!r}")
         k, v = p.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -28,63 +41,89 @@ def _parse_map(pairs: list[str]) -> dict[str, str]:
 
 def _print_report(out: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
-    typer.echo(f"dataset written to {out}")
-    typer.echo(f"  rows in {summary['rows_in']:,}  kept {summary['rows_kept']:,}  "
-               f"users {summary['users_in']:,} -> {summary['users_kept']:,}  "
-               f"items {summary['items_in']:,} -> {summary['items_kept']:,}")
+    typer.echo(f"dataset written to {out}  ({summary.get('source', '')})")
+    typer.echo(f"  {'':<14}{'input':>12}{'kept':>12}")
+    typer.echo(f"  {'interactions':<14}{summary['rows_in']:>12,}{summary['rows_kept']:>12,}")
+    typer.echo(f"  {'users':<14}{summary['users_in']:>12,}{summary['users_kept']:>12,}")
+    typer.echo(f"  {'items':<14}{summary['items_in']:>12,}{summary['items_kept']:>12,}")
     q = summary["quarantined"]
     typer.echo(f"  quarantined {sum(q.values()):,} rows -> {out / 'quarantine.parquet'}")
     for reason, n in q.items():
-        if n:
-            typer.echo(f"    {reason:<16}{n:>10,}")
-    typer.echo(f"  categories {summary['n_categories']}  splits {summary['splits']}")
+        typer.echo(f"    {reason:<16}{n:>10,}")
+    if summary.get("filter_iterations"):
+        typer.echo(f"  min-count filter reached its fixed point after {summary['filter_iterations']} pass(es)")
+    sp = summary["splits"]
+    typer.echo(f"  categories {summary['n_categories']}  splits " +
+               " / ".join(f"{k} {sp.get(k, 0):,}" for k in ("train", "valid", "test")))
     if summary.get("items_without_metadata"):
         typer.echo(f"  items without metadata: {summary['items_without_metadata']:,} (category '(unknown)')")
+    typer.echo(f"  summary saved to {out / 'summary.json'}")
 
 
 @app.command()
 def prepare(
     path: Optional[Path] = typer.Argument(None, help="Input file or folder. Omit to use the embedded synthetic data."),
     fmt: str = typer.Option("movielens-csv", "--format", "-f", help=FORMAT_HELP),
-    out: Path = typer.Option(Path("artifacts/data/prepared"), "--out", "-o", help="Output dataset folder."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="DataConfig YAML (overrides the flags' defaults)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output dataset folder [default: artifacts/data/prepared]."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="DataConfig YAML. With it, only PATH and --out override the file."),
     items: Optional[Path] = typer.Option(None, "--items", help="Item metadata file (category column)."),
-    map_: list[str] = typer.Option([], "--map", help="Column mapping for --format table, e.g. --map user_id=uid --map timestamp=ts."),
-    min_user_count: int = typer.Option(5, help="Drop (quarantine) users with fewer events, iterated with items."),
-    min_item_count: int = typer.Option(5, help="Drop (quarantine) items with fewer events."),
-    split: str = typer.Option("comirec", help="comirec (users 8:1:1, 80/20 per eval user) or temporal."),
+    map_: list[str] = typer.Option([], "--map", help="Column mapping for --format table, e.g. --map user_id=uid --map timestamp=ts "
+                                   "(canonical names: user_id, item_id, timestamp, weight, category)."),
+    min_user_count: int = typer.Option(5, help="Quarantine users with fewer events (iterated with items to a fixed point)."),
+    min_item_count: int = typer.Option(5, help="Quarantine items with fewer events."),
+    split: str = typer.Option("comirec", help="comirec (users 8:1:1, first 80%/last 20% per eval user) or temporal."),
     seed: int = typer.Option(2021, help="Split seed."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
 ) -> None:
-    """Validate raw interactions, quarantine bad rows (with reasons), map ids, split, write Parquet."""
+    """Validate raw interactions, quarantine bad rows (with reasons), map ids, split, write Parquet.
+
+    Prints the counts (rows, users, items before and after filtering) and the quarantine summary;
+    the same summary is saved as summary.json, the rejected rows as quarantine.parquet."""
     from mirec.data import prepare as run_prepare
 
     if config is not None:
         cfg = load_yaml_config(DataConfig, config)
+        data = cfg.model_dump()
+        if path is not None:
+            data["source"]["path"] = str(path)
+        if out is not None:
+            data["out_dir"] = str(out)
+        cfg = _config(data)
     else:
-        src = SourceConfig(format="synthetic") if path is None else SourceConfig(
-            format=fmt, path=str(path), items_path=str(items) if items else None,
-            columns=_parse_map(map_))
-        cfg = DataConfig(name=(path.stem if path else "synthetic"), source=src, out_dir=str(out),
-                         min_user_count=min_user_count, min_item_count=min_item_count,
-                         split={"kind": split, "seed": seed})
-    out_dir, _ = run_prepare(cfg)
+        src = {"format": "synthetic"} if path is None else {
+            "format": fmt, "path": str(path), "items_path": str(items) if items else None,
+            "columns": _parse_map(map_)}
+        cfg = _config({"name": (path.stem if path else "synthetic"), "source": src,
+                       "out_dir": str(out or Path("artifacts/data/prepared")),
+                       "min_user_count": min_user_count, "min_item_count": min_item_count,
+                       "split": {"kind": split, "seed": seed}})
+    out_dir, _ = run_prepare(cfg, progress=progress)
     _print_report(out_dir)
 
 
 @app.command()
 def synth(
-    out: Path = typer.Option(Path("artifacts/data/synthetic"), "--out", "-o"),
+    out: Path = typer.Option(Path("artifacts/data/synthetic"), "--out", "-o", help="Output dataset folder."),
     users: int = typer.Option(2000, help="Number of users."),
-    items: int = typer.Option(5000, help="Number of items (up to 10^6)."),
-    categories: int = typer.Option(20, help="Number of item categories (planted interests)."),
-    seed: int = typer.Option(0),
+    items: int = typer.Option(5000, help="Number of items (up to 10^6 and beyond: generation is vectorised)."),
+    categories: int = typer.Option(20, help="Number of item categories (the planted interests)."),
+    interests: tuple[int, int] = typer.Option((1, 4), help="Min and max true interests per user."),
+    seq_len: tuple[int, int] = typer.Option((20, 80), help="Min and max events per user."),
+    drift: float = typer.Option(0.15, help="Share of users whose interest mix changes halfway."),
+    seed: int = typer.Option(0, help="Generator seed (same seed, same data)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
 ) -> None:
-    """Generate the synthetic multi-interest set (planted interests saved as ground truth) and prepare it."""
+    """Generate the synthetic multi-interest set and prepare it (validated, split, Parquet).
+
+    The planted structure is saved as ground truth under truth/: each user's true interests
+    (user_interests.parquet) and the item vectors that cluster by category (item_vectors.npy)."""
     from mirec.data import prepare as run_prepare
 
-    cfg = DataConfig(name="synthetic", out_dir=str(out),
-                     synth={"n_users": users, "n_items": items, "n_categories": categories, "seed": seed})
-    out_dir, _ = run_prepare(cfg)
+    cfg = _config({"name": "synthetic", "out_dir": str(out),
+                   "synth": {"n_users": users, "n_items": items, "n_categories": categories,
+                             "interests_per_user": interests, "seq_len": seq_len, "drift": drift, "seed": seed}})
+    out_dir, _ = run_prepare(cfg, progress=progress)
     _print_report(out_dir)
 
 

@@ -30,12 +30,42 @@ class EvalExample:
     targets: np.ndarray  # item_idx, time-ordered
 
 
+def ordered_ids(ids) -> np.ndarray:
+    """Distinct external ids in index order: numerically when every id is an integer literal
+    (so MovieLens movieId 2 < 10 and item_idx follows movieId), else lexicographically.
+
+    This order is also the same-second tie-break of the sequences (by item_idx)."""
+    s = pd.Series(pd.unique(pd.Series(ids, dtype=object).astype(str)), dtype=object)
+    if len(s) == 0:
+        return np.array([], dtype=object)
+    if s.str.fullmatch(r"[+-]?\d{1,18}").all():
+        num = s.astype(np.int64).to_numpy()
+        order = np.lexsort((s.to_numpy(dtype=str), num))
+    else:
+        order = np.argsort(s.to_numpy(dtype=str), kind="stable")
+    return s.to_numpy()[order]
+
+
 class IdMap:
-    """External id <-> contiguous index. Serving speaks external ids; models speak indices."""
+    """External id <-> contiguous index. Serving speaks external ids; models speak indices.
+
+    `IdMap(ids)` takes the ids in index order (row i of items.parquet / users.parquet);
+    `IdMap.from_ids(any_ids)` builds the canonical order with `ordered_ids`."""
 
     def __init__(self, ids: np.ndarray | list[str]):
-        self.ids = np.asarray(ids, dtype=object)
-        self._index = {str(x): i for i, x in enumerate(self.ids)}
+        self.ids = np.asarray([str(x) for x in ids], dtype=object)
+        self._pd = pd.Index(self.ids)
+        if not self._pd.is_unique:
+            raise DataError("IdMap: external ids are not unique")
+        self._index = {x: i for i, x in enumerate(self.ids)}
+
+    @classmethod
+    def from_ids(cls, ids) -> "IdMap":
+        return cls(ordered_ids(ids))
+
+    def to_index_fast(self, external_ids) -> np.ndarray:
+        """Vectorised `to_index` for large arrays (-1 for unknown ids)."""
+        return self._pd.get_indexer(pd.Index(np.asarray(external_ids, dtype=object).astype(str))).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -159,8 +189,16 @@ class Dataset:
         return out
 
     def truth(self) -> pd.DataFrame | None:
+        """Synthetic data only: planted interests, one row per (user, phase, interest) with
+        user_idx, phase, category, category_idx (= interest_id), weight, n_interests,
+        diversity_pref, drifted. None for real data."""
         p = self.root / TRUTH / "user_interests.parquet"
         return pd.read_parquet(p) if p.exists() else None
+
+    def truth_item_vectors(self) -> np.ndarray | None:
+        """Synthetic data only: the planted item vectors [n_items, dim] (row = item_idx)."""
+        p = self.root / TRUTH / "item_vectors.npy"
+        return np.load(p) if p.exists() else None
 
     def summary(self) -> dict:
         p = self.root / SUMMARY
