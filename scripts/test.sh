@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if [ -f scripts/get-test-services.sh ]; then bash scripts/get-test-services.sh; fi
 if [ -f scripts/get-helm-tools.sh ]; then bash scripts/get-helm-tools.sh --checkov >/dev/null; fi
 set +e
 .venv/bin/python -m pytest "$@"

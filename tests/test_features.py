@@ -223,7 +223,7 @@ def test_production_registry_block_works(monkeypatch, tmp_path, crafted):
     repo.mkdir()
     shutil.copy(REPO / "definitions.py", repo)
     text = (REPO / "feature_store.production.yaml").read_text()
-    text = text.replace("  type: redis\n  connection_string: ${MIREC_FEAST_REDIS}\n  key_ttl_seconds: 2592000\n",
+    text = text.replace("  type: redis\n  connection_string: ${MIREC_FEAST_REDIS}\n",
                         "  type: sqlite\n  path: ${MIREC_FEAST_DIR}/online.db\n")
     assert "type: sqlite" in text
     (repo / "feature_store.production.yaml").write_text(text)
