@@ -1,0 +1,71 @@
+"""The mirec monitoring pipeline (kfp v2), meant as a recurring run (e.g. hourly).
+
+    monitor (serving log window vs evaluation reference: Evidently report, tests, alert sinks)
+      -> [if firing] alert_gate (fails the run, so it shows red; disable with fail_on_alert=False)
+
+The same job runs as a Kubernetes CronJob (`mirec monitor ...`, charts/). Paths are on the artifacts PVC
+(pipeline parameter artifacts_pvc, mounted at ARTIFACTS_MOUNT; ignored by the local runner).
+
+Compile:   python -m pipelines.monitoring_pipeline   (-> pipelines/compiled/monitoring_pipeline.yaml)
+Schedule:  create_recurring_run(host, ...) below (kfp.Client), or upload the YAML in the Kubeflow UI and
+           create a recurring run there (cron "0 5 * * * *" = five minutes past every hour; KFP cron has seconds).
+"""
+
+from pathlib import Path
+
+from kfp import dsl, kubernetes
+
+from components.monitor import alert_gate_op, monitor_op
+
+PIPELINE_NAME = "mirec-monitoring"
+ARTIFACTS_MOUNT = "/mnt/mirec"
+DEFAULT_REFERENCE = f"{ARTIFACTS_MOUNT}/monitoring/reference/mirec_a"
+DEFAULT_LOG = f"{ARTIFACTS_MOUNT}/logs/served*.jsonl"
+COMPILED = Path(__file__).resolve().parent / "compiled" / "monitoring_pipeline.yaml"
+#: the webhook URL is a secret in production: read from this Kubernetes secret as MIREC_MONITOR_WEBHOOK_URL
+WEBHOOK_SECRET = "mirec-monitor-webhook"
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="mirec monitoring: interest collapse, diversity/category/input drift, "
+                                               "fallback and under-delivered interests vs the evaluation reference")
+def monitoring_pipeline(reference_dir: str = DEFAULT_REFERENCE, log: str = DEFAULT_LOG, since: str = "1h",
+                        until: str = "", thresholds_path: str = "", webhook_url: str = "", pushgateway: str = "",
+                        fail_on_alert: bool = True, artifacts_pvc: str = "mirec-artifacts"):
+    mon = monitor_op(reference_dir=reference_dir, log=log, since=since, until=until, thresholds_path=thresholds_path,
+                     webhook_url=webhook_url, pushgateway=pushgateway)
+    mon.set_caching_options(False)  # a recurring run must look at the new window every time
+    mon.set_cpu_limit("2").set_memory_limit("4G")
+    kubernetes.mount_pvc(mon, pvc_name=artifacts_pvc, mount_path=ARTIFACTS_MOUNT)
+    kubernetes.use_secret_as_env(mon, secret_name=WEBHOOK_SECRET,
+                                 secret_key_to_env={"url": "MIREC_MONITOR_WEBHOOK_URL"}, optional=True)
+    with dsl.If(mon.outputs["Output"] == "firing", name="alert-fired"):
+        gate = alert_gate_op(alerts=mon.outputs["alerts"], fail_on_alert=fail_on_alert)
+        gate.set_caching_options(False)
+
+
+PIPELINE = monitoring_pipeline
+
+
+def compile(out: str | Path = COMPILED) -> Path:
+    from kfp import compiler
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(monitoring_pipeline, str(out))
+    return out
+
+
+def create_recurring_run(host: str, experiment: str = "mirec-monitoring", cron: str = "0 5 * * * *",
+                         params: dict | None = None, package: str | Path = COMPILED):  # pragma: no cover (cluster)
+    """Schedule the compiled pipeline on a Kubeflow Pipelines host (kfp.Client)."""
+    import kfp
+
+    client = kfp.Client(host=host)
+    exp = client.create_experiment(experiment)
+    return client.create_recurring_run(experiment_id=exp.experiment_id, job_name=PIPELINE_NAME,
+                                       cron_expression=cron, pipeline_package_path=str(package),
+                                       params=params or {}, max_concurrency=1, no_catchup=True)
+
+
+if __name__ == "__main__":
+    print(compile())

@@ -1,0 +1,392 @@
+"""Pipeline plumbing (fast, no training): compile-sync + strict parsing of every pipeline, the kfp-kubernetes
+settings in the YAML, the PyTorchJob template against the strict CRD schema, the gate, the deploy step (Helm
+values + a fake TorchServe management API), idempotent steps, the CLI parameters and the Dockerfile."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import requires_shared, shared_path
+from mirec import steps
+from mirec.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # components/ and pipelines/ are top-level packages of the checkout
+    sys.path.insert(0, str(REPO))
+
+
+def _docs(path: Path) -> list:
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+# ---- compile: every pipeline in pipelines/ equals its committed YAML, and parses strictly -----------------
+def _pipeline_modules() -> list[str]:
+    from pipelines.local import available_pipelines
+
+    return available_pipelines()
+
+
+def test_training_pipeline_is_listed():
+    assert "training_pipeline" in _pipeline_modules()
+
+
+@pytest.mark.parametrize("module", _pipeline_modules())
+def test_compiled_yaml_in_sync_and_strict(module, tmp_path):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from pipelines.local import compile_pipeline
+
+    committed = REPO / "pipelines" / "compiled" / f"{module}.yaml"
+    fresh = compile_pipeline(module, tmp_path / f"{module}.yaml")
+    assert committed.is_file(), f"{committed} missing: run `mirec pipeline compile`"
+    # compare the parsed documents (the header comment prints dict defaults in a hash-dependent order)
+    assert _docs(fresh) == _docs(committed), f"{committed} is stale: run `mirec pipeline compile`"
+    docs = _docs(committed)
+    json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())  # unknown fields raise
+    if len(docs) > 1:  # kfp-kubernetes settings live in the platform spec
+        json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+
+
+def test_training_yaml_cluster_settings():
+    docs = _docs(REPO / "pipelines" / "compiled" / "training_pipeline.yaml")
+    spec, platform = docs[0], docs[1]
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    train = [e for name, e in execs.items() if name.startswith("exec-train-candidate-op")]
+    assert len(train) == 2
+    for e in train:
+        assert e["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert e["tolerations"][0]["key"] == "nvidia.com/gpu"
+        assert e["pvcMount"][0]["mountPath"] == "/mnt/mirec"
+    assert any("secretAsEnv" in e for e in execs.values())
+    res = spec["deploymentSpec"]["executors"]["exec-train-candidate-op"]["container"]["resources"]
+    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
+    # every component runs the project image and calls mirec.steps, with no pip install of kfp at run time
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        c = ex["container"]
+        assert c["image"] == "ghcr.io/mirec-project/mirec:0.1.0", name
+        assert "pip install" not in " ".join(c["command"]), name
+        assert "from mirec import steps" in c["command"][-1], name
+    # candidates A and B train in parallel: neither training task depends on the other
+    tasks = spec["root"]["dag"]["tasks"]
+    ta, tb = tasks["train-candidate-op"], tasks["train-candidate-op-2"]
+    assert "train-candidate-op-2" not in ta.get("dependentTasks", [])
+    assert "train-candidate-op" not in tb.get("dependentTasks", [])
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for p in ("data_uri", "candidate_a", "candidate_b", "k_interests", "epochs", "thresholds", "split",
+              "experiment_split"):
+        assert p in params
+
+
+def test_components_are_thin():
+    """Each component body calls one mirec.steps function and holds no logic of its own."""
+    import inspect
+
+    import components
+
+    for name in components.__all__:
+        comp = getattr(components, name)
+        src = inspect.getsource(comp.python_func)
+        body = src.split('"""', 2)[-1]
+        assert "from mirec import steps" in body, name
+        calls = set(re.findall(r"steps\.(\w+)\(", body)) - {"artifact_metadata", "ui_metrics", "read_step"}
+        assert len(calls) == 1, (name, calls)
+        assert len([ln for ln in body.splitlines() if ln.strip()]) <= 12, name
+
+
+# ---- PyTorchJob ---------------------------------------------------------------------------------------------
+def _render(workers: int, gpus: int = 0):
+    return steps.render_pytorchjob("mirec-train-a", "ghcr.io/mirec-project/mirec:0.1.0", ["mirec", "pipeline", "train-worker"],
+                                   workers=workers, gpus_per_worker=gpus, node_selector={"nvidia.com/gpu.present": "true"},
+                                   tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+
+
+def test_pytorchjob_render():
+    job = _render(3, gpus=1)
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 2
+    c = specs["Worker"]["template"]["spec"]["containers"][0]
+    assert c["name"] == "pytorch" and c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "${" not in json.dumps(job)
+    assert "Worker" not in _render(1)["spec"]["pytorchReplicaSpecs"]
+
+
+@requires_shared
+@pytest.mark.parametrize("workers", [1, 4])
+def test_pytorchjob_valid_against_strict_crd_schema(workers):
+    import jsonschema
+
+    schema = json.loads(shared_path("k8s-schemas", "pytorchjob-kubeflow-v1-strict.json").read_text())
+    jsonschema.validate(_render(workers, gpus=1), schema)
+    bad = _render(workers)
+    bad["spec"]["pytorchReplicaSpecs"]["Master"]["replicaz"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_submit_pytorchjob_with_fake_api():
+    class FakeApi:
+        def __init__(self):
+            self.created, self.polls = None, 0
+
+        def create_namespaced_custom_object(self, group, version, ns, plural, body):
+            assert (group, version, plural) == ("kubeflow.org", "v1", "pytorchjobs")
+            self.created = body
+
+        def get_namespaced_custom_object(self, group, version, ns, plural, name):
+            self.polls += 1
+            cond = [{"type": "Running", "status": "True"}] if self.polls < 2 else [{"type": "Succeeded", "status": "True"}]
+            return {"status": {"conditions": cond}}
+
+    api = FakeApi()
+    status = steps.submit_pytorchjob(_render(2), api=api, poll_s=0)
+    assert api.created["kind"] == "PyTorchJob" and status["conditions"][0]["type"] == "Succeeded"
+
+
+# ---- gate ---------------------------------------------------------------------------------------------------
+def _fake_eval(tmp: Path, name: str, **metrics) -> Path:
+    d = tmp / f"eval_{name}"
+    d.mkdir()
+    (d / steps.STEP_FILE).write_text(json.dumps({"step": "evaluate_candidate", "status": "ok", "candidate": name,
+                                                 "model": "mind", "metrics": metrics}))
+    return d
+
+
+def test_gate_rejects_collapsed_and_picks_winner(tmp_path):
+    a = _fake_eval(tmp_path, "A", **{"recall@50": 0.30, "ndcg@50": 0.1, "interest_cos": 0.4,
+                                      "single_interest_share": 0.0, "diversity@50": 0.7})
+    b = _fake_eval(tmp_path, "B", **{"recall@50": 0.35, "ndcg@50": 0.1, "interest_cos": 1.0,
+                                      "single_interest_share": 1.0, "diversity@50": 0.5})
+    d = steps.gate({"A": a, "B": b}, None, tmp_path / "gate")
+    assert d["winner"] == "A" and d["passed"] == ["A"] and d["rejected"] == ["B"]
+    assert any(r.startswith("FAIL interest_cos") for r in d["candidates"]["B"]["reasons"])
+    assert steps.gate_passed(tmp_path / "gate", "A") and not steps.gate_passed(tmp_path / "gate", "B")
+    html = (tmp_path / "gate" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "REJECTED" in html
+    assert "| recall@50 | 0.3000 | 0.3500 |" in (tmp_path / "gate" / "report.md").read_text()
+    # a rule can be switched off, a missing metric fails its rule, unknown keys are refused
+    d2 = steps.gate({"A": a, "B": b}, {"max_interest_cos": None, "max_single_interest_share": None},
+                    tmp_path / "gate")  # same dir again: overwritten cleanly
+    assert d2["winner"] == "B"
+    assert sorted(p.name for p in (tmp_path / "gate").iterdir()) == sorted(
+        ["_step.json", "decision.json", "report.md", "report.html", "accuracy_diversity.png"])
+    d3 = steps.gate({"A": a, "B": b}, {"min_nonexistent": 0.1}, tmp_path / "gate3")
+    assert d3["winner"] == "none"
+    with pytest.raises(ConfigError):
+        steps.gate({"A": a}, {"recall": 0.1}, tmp_path / "gate4")
+
+
+def test_package_with_nothing_passing_makes_no_mar(tmp_path):
+    a = _fake_eval(tmp_path, "A", **{"recall@50": 0.0})
+    steps.gate({"A": a}, None, tmp_path / "gate")
+    info = steps.package_candidates({"A": tmp_path / "model"}, {"A": a}, tmp_path / "gate", tmp_path / "pkg",
+                                    mar_dirs={"A": tmp_path / "mar_a"})
+    assert info["status"] == "skipped"
+    assert not list((tmp_path / "pkg").glob("**/*.mar")) and not list((tmp_path / "mar_a").glob("*.mar"))
+    assert json.loads((tmp_path / "mar_a" / "REJECTED.json").read_text())["reasons"]
+    assert steps.deploy(tmp_path / "pkg", tmp_path / "dep")["status"] == "skipped"
+    assert steps.build_monitoring_reference({"A": a}, tmp_path, tmp_path / "pkg", tmp_path / "ref")["status"] == "skipped"
+
+
+# ---- deploy ---------------------------------------------------------------------------------------------------
+def _fake_package(tmp: Path, names=("A", "B")) -> Path:
+    pkg = tmp / "pkg"
+    (pkg / "model-store").mkdir(parents=True)
+    mars = {}
+    for n in names:
+        mar = pkg / "model-store" / f"mirec_{n.lower()}.mar"
+        mar.write_bytes(b"PK-fake")
+        mars[n] = {"candidate": n, "model_name": f"mirec_{n.lower()}", "version": "20260101", "mar": mar.name,
+                   "mar_bytes": 7}
+    (pkg / steps.STEP_FILE).write_text(json.dumps({"step": "package_candidates", "status": "ok", "mars": mars}))
+    return pkg
+
+
+def test_deploy_helm_values(tmp_path):
+    info = steps.deploy(_fake_package(tmp_path), tmp_path / "dep", experiment_split=0.7)
+    values = yaml.safe_load((tmp_path / "dep" / "values-release.yaml").read_text())
+    assert [m["name"] for m in values["torchserve"]["models"]] == ["mirec_a", "mirec_b"]
+    assert values["torchserve"]["models"][0]["version"] == "20260101"
+    arms = values["api"]["settings"]["experiment"]["arms"]
+    assert [(a["name"], a["weight"]) for a in arms] == [("A", 0.7), ("B", 0.3)]
+    assert (tmp_path / "dep" / "model-store" / "mirec_b.mar").is_file() and info["registered"] == []
+    with pytest.raises(ConfigError):
+        steps.deploy(_fake_package(tmp_path / "x"), tmp_path / "dep2", experiment_split=1.5)
+
+
+@requires_shared
+def test_deploy_values_fit_the_chart_schema(tmp_path):
+    """The release values merge into charts/mirec's values and pass its values.schema.json (when present)."""
+    import jsonschema
+
+    schema_file = REPO / "charts" / "mirec" / "values.schema.json"
+    if not schema_file.is_file():
+        pytest.skip("charts/mirec/values.schema.json not present")
+    steps.deploy(_fake_package(tmp_path), tmp_path / "dep", experiment_split=0.5)
+    base = yaml.safe_load((REPO / "charts" / "mirec" / "values.yaml").read_text())
+    rel = yaml.safe_load((tmp_path / "dep" / "values-release.yaml").read_text())
+
+    def merge(a, b):  # Helm's merge: maps deep-merge, lists replace
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {**a, **{k: merge(a.get(k), v) for k, v in b.items()}}
+        return b
+
+    jsonschema.validate(merge(base, rel), json.loads(schema_file.read_text()))
+
+
+def test_deploy_registers_with_torchserve_management_api(tmp_path, monkeypatch):
+    seen = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            seen.append((self.command, self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"status": "ok"}')
+
+        do_POST = do_PUT = _answer
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("TORCHSERVE_MANAGEMENT_TOKEN", "tok123")
+        info = steps.deploy(_fake_package(tmp_path, ("A",)), tmp_path / "dep", mode="torchserve",
+                            torchserve_management_url=f"http://127.0.0.1:{srv.server_port}",
+                            mar_base_url="https://models.example.com/mirec")
+    finally:
+        srv.shutdown()
+    assert info["registered"][0]["url"] == "https://models.example.com/mirec/mirec_a.mar"
+    assert seen[0][0] == "POST" and seen[0][1].startswith("/models?") and "model_name=mirec_a" in seen[0][1]
+    assert seen[1][:2] == ("PUT", "/models/mirec_a/20260101/set-default") and seen[1][2] == "Bearer tok123"
+
+
+# ---- CLI, configs, image ----------------------------------------------------------------------------------------
+def test_cli_params(tmp_path):
+    from mirec.cli.pipeline import TINY_PARAMS, load_params
+
+    f = tmp_path / "p.yaml"
+    f.write_text("epochs: 2\ncandidate_b: {name: comirec_dr}\n")
+    p = load_params(f, ["k_interests=5", "data_uri=s3://bucket/x.csv", 'thresholds={"min_recall@50": 0.1}'], tiny=True)
+    assert p["epochs"] == 2 and p["k_interests"] == 5 and p["data_uri"] == "s3://bucket/x.csv"
+    assert p["candidate_b"] == {"name": "comirec_dr"} and p["thresholds"] == {"min_recall@50": 0.1}
+    assert p["data_config"] == TINY_PARAMS["data_config"]
+    with pytest.raises(ConfigError):
+        load_params(None, ["novalue"])
+
+
+def test_candidate_config_errors_are_clear():
+    with pytest.raises(ConfigError):
+        steps.model_and_train_configs({"name": "mind", "dimm": 3}, {})
+    m, t = steps.model_and_train_configs({"name": "mind", "dim": 16.0}, {"batch_size": 64.0}, k_interests=3.0, epochs=2)
+    assert (m.dim, m.K, t.batch_size, t.epochs) == (16, 3, 64, 2)  # kfp hands dict ints over as floats
+
+
+def test_dockerfile_references_existing_files():
+    text = (REPO / "Dockerfile").read_text()
+    assert text.splitlines()[[i for i, ln in enumerate(text.splitlines()) if ln.startswith("FROM")][0]] == \
+        "FROM python:3.11-slim"
+    for line in text.splitlines():
+        if line.startswith("COPY"):
+            for src in line.split()[1:-1]:
+                assert (REPO / src).exists(), f"Dockerfile copies {src}, which does not exist"
+    assert "TORCH_VARIANT" in text and "download.pytorch.org/whl/" in text
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and "artifacts" in ignored
+    from components.image import DEFAULT_IMAGE
+
+    assert DEFAULT_IMAGE.startswith("ghcr.io/mirec-project/mirec:")
+
+
+def test_data_ingest_from_uri_and_overwrite(tmp_path):
+    import pandas as pd
+
+    rows = [(f"u{u}", f"i{(u * 3 + k) % 7}", 1_700_000_000 + 60 * k) for u in range(6) for k in range(6)]
+    src = tmp_path / "events.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(src, index=False)
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "stale.parquet").write_text("from an earlier attempt")
+    info = steps.data_ingest(out, data_uri=f"file://{src}", data_format="table",
+                             data_config={"min_user_count": 1.0, "min_item_count": 1.0})
+    assert info["status"] == "ok" and info["n_users"] == 6 and info["rows_kept"] == 36
+    assert (out / "interactions.parquet").is_file() and not (out / "stale.parquet").exists()
+    with pytest.raises(ConfigError):
+        steps.data_ingest(tmp_path / "ds2", data_uri="nosuchscheme://bucket/x.csv", data_format="table")
+    with pytest.raises(ConfigError, match="data_format"):  # a URI must not silently fall back to synthetic data
+        steps.data_ingest(tmp_path / "ds3", data_uri=str(src))
+
+
+def test_submit_uses_kfp_client(monkeypatch, tmp_path):
+    import kfp
+
+    import pipelines.local as pl
+
+    calls = {}
+
+    class FakeClient:
+        def __init__(self, **kw):
+            calls["init"] = kw
+
+        def create_run_from_pipeline_package(self, pipeline_file, **kw):
+            calls["run"] = (pipeline_file, kw)
+            return type("R", (), {"run_id": "run-123"})()
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    rid = pl.submit("http://kfp.example:8080", {"epochs": 2}, namespace="team-a", existing_token="t")
+    assert rid == "run-123" and calls["init"]["host"] == "http://kfp.example:8080"
+    assert calls["run"][0].endswith("pipelines/compiled/training_pipeline.yaml")
+    assert calls["run"][1]["arguments"] == {"epochs": 2} and calls["run"][1]["namespace"] == "team-a"
+    with pytest.raises(FileNotFoundError):
+        pl.submit("http://x", package=tmp_path / "missing.yaml")
+
+
+def test_distributed_training_exchange_through_shared_volume(tmp_path, monkeypatch):
+    """train_candidate with distributed.enabled: dataset -> shared volume -> PyTorchJob (here: its Master's
+    command run locally, WORLD_SIZE=1, instead of a cluster) -> checkpoint back into the Model artifact."""
+    import os
+    import subprocess
+    import sys as _sys
+
+    ds = tmp_path / "ds"
+    steps.data_ingest(ds, data_config={"synth": {"n_users": 60, "n_items": 80, "n_categories": 4,
+                                                 "seq_len": [10, 20]}})
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    submitted = []
+
+    def fake_submit(job, api=None, poll_s=10.0, timeout_s=0):
+        submitted.append(job)
+        cmd = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+        exe = Path(_sys.executable).with_name("mirec")
+        env = {**os.environ, "WORLD_SIZE": "1", "RANK": "0"}
+        subprocess.run([str(exe), *cmd[1:]], check=True, env=env, capture_output=True)
+        return {"conditions": [{"type": "Succeeded", "status": "True"}]}
+
+    monkeypatch.setattr(steps, "submit_pytorchjob", fake_submit)
+    info = steps.train_candidate(ds, tmp_path / "model", "A", {"name": "mind", "dim": 8, "K": 2},
+                                 {"batch_size": 64, "num_negatives": 16}, epochs=1,
+                                 distributed={"enabled": True, "workers": 3, "shared_dir": str(shared),
+                                              "image": "ghcr.io/mirec-project/mirec:0.1.0", "gpus_per_worker": 1})
+    assert info["mode"] == "pytorchjob(3 workers)"
+    job = submitted[0]
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]
+    assert (tmp_path / "model" / "model.pt").is_file() and (tmp_path / "model" / "pytorchjob.yaml").is_file()
+    from mirec.train import load_model
+
+    model, cfg = load_model(tmp_path / "model")
+    assert cfg.K == 2 and cfg.n_items > 0
+    with pytest.raises(ConfigError):  # no shared volume mounted
+        steps.train_candidate(ds, tmp_path / "m2", "A", {"name": "mind"}, {}, epochs=1,
+                              distributed={"enabled": True, "shared_dir": str(tmp_path / "nope"), "image": "x"})
