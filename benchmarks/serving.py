@@ -1,0 +1,282 @@
+"""Serving benchmark: p50/p99 latency and throughput through the real stack vs the in-process call.
+
+    .venv/bin/python benchmarks/serving.py --items 100000 1000000 --index flat hnsw --concurrency 1 8
+    .venv/bin/python benchmarks/serving.py --quick          # 10^4 items, a smoke run
+
+For every (items, index): a random-init ComiRec-SA of the model registry (K=4, d=64, max_len=50; no
+trained model is needed for latency) over synthetic items is packaged with `mirec package`'s library
+code (no-archive format, so the 10^6 index is not zipped), then measured three ways, n=50, histories of
+20..50 random items, exclude_seen=true:
+  inproc      RecommendService.handle_batch([body]) in this process: JSON parse + id mapping +
+              Recommender.recommend (interests -> FAISS top-M -> merge) = the lower bound
+  torchserve  HTTP POST to TorchServe /predictions/<model> (Java frontend -> Python worker -> handler)
+  stack       HTTP POST to the recommendation API (A/B, served log) -> TorchServe (the whole stack)
+Concurrency c = c client threads, each sending its next request when the previous one returns. The three
+paths run in interleaved rounds (--rounds) with everything loaded, so background load hits them alike.
+Thread settings: MIREC_THREADS=1 (torch + FAISS intra-op threads) in the worker and in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mirec.serving.packaging import IndexSpec, build_mar, stage_candidate  # noqa: E402
+from mirec.serving.service import RecommendService, configure_threads  # noqa: E402
+from mirec.serving.torchserve import TorchServeProcess, free_port  # noqa: E402
+from mirec.serving.tsconfig import ModelServing  # noqa: E402
+
+K, DIM, N, MAX_LEN = 4, 64, 50, 50
+
+
+def synth(n_items: int, seed: int = 0):
+    import torch
+
+    from mirec.models import ModelConfig, build
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(name="comirec_sa", n_items=n_items, dim=DIM, K=K, max_len=MAX_LEN)
+    model = build(cfg).eval()
+    rng = np.random.default_rng(seed)
+    items = pd.DataFrame({"item_idx": np.arange(n_items), "item_id": [f"i{i}" for i in range(n_items)],
+                          "category": [f"c{i % 50}" for i in range(n_items)], "category_idx": np.arange(n_items) % 50,
+                          "popularity": rng.zipf(1.5, n_items).clip(max=10**6)})
+    return model, cfg, items
+
+
+def bodies(count: int, n_items: int, seed: int = 42) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for u in range(count):
+        h = [f"i{i}" for i in rng.integers(0, n_items, rng.integers(20, 51))]
+        out.append(json.dumps({"user_id": f"user-{u}", "history": h, "n": N}).encode())
+    return out
+
+
+def measure_raw(call, payloads: list[bytes], concurrency: int) -> tuple[list[float], float, list[str]]:
+    """Closed loop: `concurrency` threads send the payloads -> (latencies s, wall s, errors)."""
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    it = iter(payloads)
+
+    def worker():
+        while True:
+            with lock:
+                p = next(it, None)
+            if p is None:
+                return
+            t0 = time.perf_counter()
+            try:
+                call(p)
+            except Exception as exc:  # counted, not fatal: the run goes on
+                with lock:
+                    errors.append(str(exc)[:200])
+                continue
+            dt = time.perf_counter() - t0
+            with lock:
+                lat.append(dt)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as ex:
+        for f in [ex.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    return lat, time.perf_counter() - t0, errors
+
+
+def summarize(lat: list[float], wall: float, errors: list[str]) -> dict:
+    ms = np.array(lat) * 1000
+    return {"requests": len(lat), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3),
+            "throughput_rps": round(len(lat) / wall, 1), "errors": len(errors),
+            **({"first_error": errors[0]} if errors else {})}
+
+
+def http_caller(url: str):
+    local = threading.local()
+
+    def call(p: bytes):
+        s = getattr(local, "s", None)
+        if s is None:
+            s = local.s = requests.Session()
+        r = s.post(url, data=p, headers={"Content-Type": "application/json"})
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
+    return call
+
+
+def start_api(ts_url: str, model: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    settings = workdir / "api.yaml"
+    settings.write_text(json.dumps({"torchserve_url": ts_url, "log_path": str(workdir / "served.jsonl"),
+                                    "timeout_ms": 60000,
+                                    "experiment": {"salt": "bench", "arms": [{"name": "A", "model": model}]}}))
+    code = "import sys; from mirec.cli import run; sys.argv[0] = 'mirec'; run()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "api", "--settings", str(settings), "--port", str(port)],
+                            cwd=ROOT, stdout=open(workdir / "api.log", "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError(f"API did not start: {(workdir / 'api.log').read_text()[-2000:]}")
+
+
+def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, workdir: Path, hnsw_efc: int,
+             batch_delay_ms: int, cache_dir: Path | None = None, batch_size: int = 8,
+             rounds: int = 4) -> list[dict]:
+    name = f"bench_{kind}_{n_items}"
+    t0 = time.perf_counter()
+    stage = (cache_dir or workdir / "stage") / f"{name}_efc{hnsw_efc}"
+    if (stage / "meta.json").exists():  # --cache-dir: reuse a staged model + index (skip the 10^6 HNSW build)
+        meta = json.loads((stage / "meta.json").read_text())
+        print(f"[{name}] reusing staged package {stage}", flush=True)
+    else:
+        model, cfg, items = synth(n_items)
+        index = IndexSpec(kind=kind, ef_construction=hnsw_efc, ef_search=128, hnsw_m=32)
+        meta = stage_candidate(stage, model, cfg, items, name=name, version="bench", index=index,
+                               metrics={"note": "random-init model, latency benchmark only"})
+        del model
+    store = workdir / "model-store"
+    build_mar(stage, name, "bench", store, archive_format="no-archive")
+    package_s = time.perf_counter() - t0
+    print(f"[{name}] packaged in {package_s:.1f}s (index build {meta['index']['build_s']}s)", flush=True)
+
+    payloads = bodies(n_requests, n_items)
+    warm = bodies(20, n_items, seed=7)
+    configure_threads(1)
+    svc = RecommendService.load(stage, device="cpu")
+    ts = TorchServeProcess(store, [ModelServing(name=name, version="bench", mar=name, workers=1, batch_size=batch_size,
+                                                max_batch_delay_ms=batch_delay_ms, response_timeout_s=120)],
+                           workdir / f"ts-{name}", vmargs="-Xmx1g -XX:+UseSerialGC")
+    api = None
+    acc: dict[tuple[str, int], list] = {}
+    try:
+        ts.start(timeout_s=600)
+        api, api_url = start_api(ts.inference_url, name, workdir)
+        paths = {"inproc": lambda p: svc.handle_batch([p]),
+                 "torchserve": http_caller(f"{ts.inference_url}/predictions/{name}"),
+                 "stack": http_caller(f"{api_url}/recommend")}
+        for call in paths.values():
+            for p in warm:
+                call(p)
+        # interleaved rounds: every path sees the same share of whatever else runs on the machine
+        chunks = np.array_split(np.arange(len(payloads)), rounds)
+        for r_i, chunk in enumerate(chunks):
+            part = [payloads[i] for i in chunk]
+            for path, call in paths.items():
+                for c in concurrency:
+                    lat, wall, errs = measure_raw(call, part, c)
+                    a = acc.setdefault((path, c), [[], 0.0, []])
+                    a[0] += lat
+                    a[1] += wall
+                    a[2] += errs
+            print(f"[{name}] round {r_i + 1}/{rounds} done (load {os.getloadavg()[0]:.2f})", flush=True)
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(10)
+        ts.stop()
+    del svc
+    rows = []
+    for (path, c), (lat, wall, errs) in acc.items():
+        rows.append({"path": path, "concurrency": c, **summarize(lat, wall, errs)})
+        print(f"[{name}] {path} c={c}: {rows[-1]}", flush=True)
+    for r in rows:
+        r.update({"loadavg_1m_end": round(os.getloadavg()[0], 2), "ts_batch_size": batch_size,
+                  "items": n_items, "index": kind, "K": K, "n": N, "package_s": round(package_s, 1),
+                  "index_build_s": meta["index"]["build_s"]})
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    out = []
+    key = {(r["items"], r["index"], r["concurrency"], r["path"]): r for r in rows}
+    for (items, kind, c, path), r in key.items():
+        if path == "inproc":
+            continue
+        base = key.get((items, kind, c, "inproc"))
+        if base:
+            out.append({"items": items, "index": kind, "concurrency": c, "path": path,
+                        "p50_ratio": round(r["p50_ms"] / base["p50_ms"], 2),
+                        "p99_ratio": round(r["p99_ms"] / base["p99_ms"], 2),
+                        "throughput_ratio": round(r["throughput_rps"] / base["throughput_rps"], 2)})
+    return out
+
+
+def markdown(rows: list[dict], rat: list[dict]) -> str:
+    lines = ["| items | index | c | path | p50 ms | p99 ms | req/s | p50 × | p99 × |", "|---|---|---|---|---|---|---|---|---|"]
+    rk = {(x["items"], x["index"], x["concurrency"], x["path"]): x for x in rat}
+    for r in rows:
+        x = rk.get((r["items"], r["index"], r["concurrency"], r["path"]), {})
+        lines.append(f"| {r['items']:,} | {r['index']} | {r['concurrency']} | {r['path']} | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | {r['throughput_rps']} | {x.get('p50_ratio', '')} | {x.get('p99_ratio', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--index", nargs="+", default=["flat", "hnsw"], choices=["flat", "ivf", "hnsw"])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--requests", type=int, default=400, help="measured requests per (path, concurrency)")
+    ap.add_argument("--hnsw-ef-construction", type=int, default=40)
+    ap.add_argument("--max-batch-delay-ms", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size (1 = no batching wait)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds over the three paths")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
+    ap.add_argument("--quick", action="store_true", help="10^4 items, 100 requests (smoke)")
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="keep staged packages here and reuse them on the next run (the 10^6 HNSW build is slow)")
+    a = ap.parse_args()
+    if a.quick:
+        a.items, a.requests = [10_000], 100
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="mirec-bench-") as tmp:
+        for n in a.items:
+            for kind in a.index:
+                rows += run_case(n, kind, a.concurrency, a.requests, Path(tmp), a.hnsw_ef_construction,
+                                 a.max_batch_delay_ms, a.cache_dir, a.batch_size, a.rounds)
+                write(a, rows)  # partial results survive a later failure
+    print(markdown(rows, ratios(rows)))
+    print(f"wrote {a.out}")
+
+
+def write(a, rows: list[dict]) -> None:
+    rat = ratios(rows)
+    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "settings": {"K": K, "dim": DIM, "n": N, "max_len": MAX_LEN, "history_len": "20..50",
+                           "requests": a.requests, "hnsw": {"M": 32, "ef_search": 128,
+                                                            "ef_construction": a.hnsw_ef_construction},
+                           "torchserve": {"workers": 1, "batch_size": a.batch_size, "max_batch_delay_ms": a.max_batch_delay_ms},
+                           "threads": 1, "model": "random-init comirec_sa (registry), synthetic items"},
+              "rows": rows, "ratios": rat, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""TorchServe handler for mirec: a thin adapter around `mirec.serving.service.RecommendService`.
+
+Request body (JSON): {"user_id": ..., "history": [item ids], "n": 50, "diversity": null|0..1, "exclude_seen": true}
+Response: {"items": [{"item_id", "score", "interest", "category"}], "model", "version", "fallback", ...}
+
+Batching: TorchServe hands `handle` a list of requests; exactly one response per request is returned,
+in order. A bad request gets its own 4xx status through `context.set_response_status(code, phrase, idx)`
+(TorchServe 0.12 sends a per-request status code to the frontend, see ts/protocol/otf_message_handler.py);
+the other requests of the batch are answered normally and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from ts.torch_handler.base_handler import BaseHandler
+
+logger = logging.getLogger(__name__)
+
+
+class MirecHandler(BaseHandler):
+    def __init__(self):
+        super().__init__()
+        self.service = None
+
+    def initialize(self, context):
+        props = context.system_properties
+        model_dir = props.get("model_dir")
+        if model_dir and model_dir not in sys.path:
+            sys.path.insert(0, model_dir)  # the `mirec` code packaged in the MAR
+        from mirec.serving.service import RecommendService, configure_threads
+
+        threads = configure_threads()
+        gpu = props.get("gpu_id")
+        import torch
+
+        device = f"cuda:{gpu}" if (gpu is not None and torch.cuda.is_available()) else "cpu"
+        history_client = None
+        repo = os.environ.get("MIREC_FEAST_REPO")
+        if repo:  # optional: the API normally resolves histories; a handler-side store is opt-in
+            from mirec.serving.api import make_history_client
+
+            history_client = make_history_client(repo, int(os.environ.get("MIREC_FEAST_TIMEOUT_MS", "50")))
+        self.service = RecommendService.load(model_dir, model_name=context.model_name, device=device,
+                                             history_client=history_client)
+        import mirec
+
+        logger.info("mirec handler ready: model=%s version=%s device=%s threads=%d code=%s",
+                    self.service.model_name, self.service.version, device, threads, mirec.__file__)
+        self.initialized = True
+
+    def handle(self, data, context):
+        bodies = [(row.get("body") if row.get("body") is not None else row.get("data")) for row in data]
+        if len(bodies) > 1:
+            logger.info("mirec batch of %d requests", len(bodies))
+        results = self.service.handle_batch(bodies)
+        out = []
+        for idx, (status, payload) in enumerate(results):
+            if status != 200:
+                context.set_response_status(status, payload.get("error", "error")[:200], idx)
+            context.set_response_content_type(idx, "application/json")
+            out.append(json.dumps(payload))
+        return out
+
+
+_service = MirecHandler()
+
+
+def handle(data, context):
+    """Module-level entry point (TorchServe calls this when the handler file defines it)."""
+    if not _service.initialized:
+        _service.initialize(context)
+    if data is None:
+        return None
+    return _service.handle(data, context)

@@ -1,0 +1,283 @@
+"""Serving logic without TorchServe: A/B assignment, request validation, service == offline retrieval,
+handler batching (with a fake TorchServe context), the API against an in-process model server."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from mirec.serving.ab import Arm, Experiment, assign, unit_hash
+from mirec.serving.logwriter import read_served_log
+from mirec.serving.schema import MAX_HISTORY, ServedLog
+from mirec.serving.service import BadRequest, RecommendService, parse_request
+from mirec.serving.settings import ApiSettings
+from mirec.serving.testing import assert_same_answer, items_frame, random_histories, tiny_model
+from mirec.serving.tsconfig import ModelServing, ServerSettings, parse_properties, render_config_properties
+
+SPLIT_TOL = 0.015  # 3 sigma of a binomial share at p = 0.5, n = 10,000 (sigma = 0.005)
+
+
+# ---- A/B --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (0.3, 0.7), (0.2, 0.3, 0.5)])
+def test_split_ratio_over_10k_users(weights):
+    exp = Experiment(salt="exp-1", arms=[Arm(name=f"A{i}", model=f"m{i}", weight=w) for i, w in enumerate(weights)])
+    arms = [assign(f"user-{u}", exp).name for u in range(10_000)]
+    for i, w in enumerate(weights):
+        share = arms.count(f"A{i}") / len(arms)
+        assert abs(share - w / sum(weights)) <= SPLIT_TOL, (f"A{i}", share, w)
+
+
+def test_assignment_is_sticky_and_salted():
+    exp = Experiment(salt="exp-1", arms=[Arm(name="A", model="a"), Arm(name="B", model="b")])
+    first = [assign(f"u{u}", exp).name for u in range(500)]
+    assert first == [assign(f"u{u}", exp).name for u in range(500)]  # same user -> same arm
+    assert assign(123, exp).name == assign("123", exp).name  # int and str ids are the same user
+    other = Experiment(salt="exp-2", arms=exp.arms)
+    moved = sum(a != assign(f"u{u}", other).name for u, a in enumerate(first))
+    assert 150 < moved < 350  # a new salt re-randomises (~half move)
+    assert unit_hash("s", "u") == unit_hash("s", "u") and 0 <= unit_hash("s", "u") < 1
+
+
+def test_experiment_rejects_duplicate_arms():
+    with pytest.raises(ValueError):
+        Experiment(salt="x", arms=[Arm(name="A", model="a"), Arm(name="A", model="b")])
+
+
+# ---- config.properties ----------------------------------------------------------------------------------
+def test_config_properties_profiles():
+    models = [ModelServing(name="mirec_a", mar="mirec_a.mar", batch_size=8, max_batch_delay_ms=5, workers=2)]
+    local = parse_properties(render_config_properties(models, ServerSettings(profile="local")))
+    assert local["inference_address"] == "http://127.0.0.1:8080"
+    assert local["management_address"].startswith("http://127.0.0.1:")
+    assert local["metrics_mode"] == "prometheus" and local["disable_token_authorization"] == "true"
+    snap = json.loads(local["model_snapshot"])["models"]["mirec_a"]["1.0"]
+    assert (snap["batchSize"], snap["maxBatchDelay"], snap["minWorkers"], snap["marName"]) == (8, 5, 2, "mirec_a.mar")
+    prod = parse_properties(render_config_properties(models, ServerSettings(profile="production")))
+    assert "disable_token_authorization" not in prod  # token auth stays on (TorchServe default)
+    assert prod["management_address"].startswith("http://127.0.0.1:")
+    ks = parse_properties(render_config_properties(models, ServerSettings(profile="kserve")))
+    assert ks["inference_address"] == "http://0.0.0.0:8085" and ks["model_store"] == "/mnt/models/model-store"
+    assert ks["management_address"].startswith("http://127.0.0.1:") and "disable_token_authorization" not in ks
+
+
+# ---- request validation ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("body, status, fragment", [
+    (b"{not json", 400, "invalid JSON"),
+    (b"", 400, "empty request body"),
+    (b"[1, 2]", 400, "JSON object"),
+    ({"user_id": "u", "n": 0}, 400, "'n'"),
+    ({"user_id": "u", "n": 100000}, 400, "'n'"),
+    ({"user_id": "u", "n": "many"}, 400, "'n'"),
+    ({"user_id": "u", "history": "item-1"}, 400, "'history'"),
+    ({"user_id": "u", "diversity": 2}, 400, "'diversity'"),
+    ({"user_id": "u", "colour": "red"}, 400, "'colour'"),
+    ({"user_id": "u", "history": ["i"] * (MAX_HISTORY + 1)}, 413, "at most"),
+])
+def test_bad_requests(body, status, fragment):
+    with pytest.raises(BadRequest) as exc:
+        parse_request(json.dumps(body).encode() if isinstance(body, dict) else body)
+    assert exc.value.status == status and fragment in exc.value.message
+
+
+# ---- the service equals offline retrieval -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def service():
+    from mirec.retrieval.recommender import Recommender
+
+    model, _ = tiny_model()
+    items = items_frame()
+    rec = Recommender(model, items=items, item_popularity=items["popularity"].to_numpy())
+    from mirec.data.schema import IdMap
+
+    return RecommendService(rec, IdMap(items["item_id"].to_numpy()), items["category"].to_numpy(), "m", "1.0")
+
+
+def test_service_equals_offline(service):
+    hists = random_histories(20)
+    ids = service.item_ids
+    offline = service.recommender.recommend([ids.to_index(h) for h in hists], n=25, exclude_seen=True)
+    results = service.handle_batch([{"user_id": f"u{i}", "history": h, "n": 25} for i, h in enumerate(hists)])
+    for (status, body), off in zip(results, offline):
+        assert status == 200 and body["fallback"] is None
+        assert_same_answer(body["items"], [(f"item-{r.item_idx}", r.score, r.interest) for r in off])
+        assert body["interest_stats"]["k"] == 4 and len(body["interest_stats"]["interest_norms"]) == 4
+
+
+def test_batch_with_bad_requests_answers_each(service):
+    bodies = [{"history": ["item-1", "item-2"], "n": 5}, b"{oops", {"history": ["item-3"], "n": -1},
+              {"user_id": "cold", "n": 5}, {"history": ["nope-1", "nope-2"], "n": 5},
+              {"history": ["item-1", "nope"], "n": 5}]
+    res = service.handle_batch(bodies)
+    assert [s for s, _ in res] == [200, 400, 400, 200, 200, 200]
+    assert res[3][1]["fallback"] == "popularity" and res[3][1]["history_source"] == "none"
+    assert all(it["interest"] == -1 for it in res[3][1]["items"])
+    pop = items_frame().sort_values("popularity", ascending=False, kind="stable")["item_id"].tolist()[:5]
+    assert [it["item_id"] for it in res[3][1]["items"]] == pop
+    assert res[4][1]["fallback"] == "popularity" and res[4][1]["unknown_items"] == 2  # all unknown: cold
+    assert res[5][1]["fallback"] is None and res[5][1]["unknown_items"] == 1  # unknown ignored, counted
+    assert res[0][1]["items"][0]["category"].startswith("cat")
+
+
+def test_exclude_seen_and_diversity_passed_through(service):
+    h = random_histories(1, seed=5)[0]
+    seen = service.handle_batch([{"history": h, "n": 30, "exclude_seen": True}])[0][1]
+    assert not set(h) & {x["item_id"] for x in seen["items"]}
+    kept = service.handle_batch([{"history": h, "n": 30, "exclude_seen": False}])[0][1]
+    off = service.recommender.recommend([service.item_ids.to_index(h)], n=30, exclude_seen=False)[0]
+    assert_same_answer(kept["items"], [(f"item-{r.item_idx}", r.score, r.interest) for r in off])
+
+
+# ---- handler (TorchServe adapter) with a fake context --------------------------------------------------------
+class FakeContext:
+    def __init__(self, n):
+        self.status = {}
+        self.ctype = {}
+
+    def set_response_status(self, code, phrase, idx):
+        self.status[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx, value):
+        self.ctype[idx] = value
+
+
+def test_handler_one_response_per_request(service, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("mirec_ts_handler", Path(__file__).parents[1] / "serving" / "handler.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    h = mod.MirecHandler()
+    h.service, h.initialized = service, True
+    data = [{"body": {"history": ["item-1"], "n": 3}}, {"body": bytearray(b"nope")}, {"data": b'{"n": 2}'}]
+    ctx = FakeContext(3)
+    out = h.handle(data, ctx)
+    assert len(out) == 3 and list(ctx.status) == [1] and ctx.status[1][0] == 400
+    assert len(json.loads(out[0])["items"]) == 3 and json.loads(out[2])["fallback"] == "popularity"
+
+
+# ---- API against an in-process "TorchServe" ------------------------------------------------------------------
+def _fake_torchserve(service_by_model):
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/ping":
+            return httpx.Response(200, json={"status": "Healthy"})
+        model = request.url.path.rsplit("/", 1)[-1]
+        status, body = service_by_model[model].handle_batch([request.content])[0]
+        return httpx.Response(status, json=body)
+    return httpx.MockTransport(handler)
+
+
+def _settings(tmp_path, **kw):
+    return ApiSettings(torchserve_url="http://ts", log_path=str(tmp_path / "served.jsonl"),
+                       experiment=Experiment(salt="s1", arms=[Arm(name="A", model="mirec_a"),
+                                                              Arm(name="B", model="mirec_b")]), **kw)
+
+
+def test_api_ab_logging_and_errors(service, tmp_path):
+    from mirec.serving.api import create_app
+
+    settings = _settings(tmp_path)
+    svc_b = RecommendService(service.recommender, service.item_ids, service.categories, "mirec_b", "2.0")
+    service_a = RecommendService(service.recommender, service.item_ids, service.categories, "mirec_a", "1.0")
+    app = create_app(settings, transport=_fake_torchserve({"mirec_a": service_a, "mirec_b": svc_b}))
+    with TestClient(app) as c:
+        arms = {}
+        for u in range(40):
+            r = c.post("/recommend", json={"user_id": f"u{u}", "history": ["item-1", "item-9"], "n": 5})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            arms[f"u{u}"] = body["arm"]
+            assert body["model"] == {"A": "mirec_a", "B": "mirec_b"}[body["arm"]]
+            assert body["arm"] == assign(f"u{u}", settings.experiment).name
+        assert set(arms.values()) == {"A", "B"}
+        for u in list(arms)[:10]:  # sticky
+            assert c.post("/recommend", json={"user_id": u, "n": 3}).json()["arm"] == arms[u]
+        r = c.post("/recommend", content=b"{bad")
+        assert r.status_code == 400 and "invalid JSON" in r.json()["error"]
+        r = c.post("/recommend", json={"user_id": "u1", "n": 0})
+        assert r.status_code == 400
+        assert c.get("/healthz").status_code == 200
+        m = c.get("/metrics").text
+        assert 'mirec_api_requests_total{arm="A",status="200"}' in m and "mirec_api_feast_fallback_total" in m
+    recs = read_served_log(tmp_path / "served.jsonl")
+    assert len(recs) == 50
+    first = recs[0]
+    assert isinstance(first, ServedLog) and first.arm in ("A", "B") and first.history_len == 2
+    assert first.items[0].category.startswith("cat") and first.interest_stats.k == 4
+    assert first.interest_stats.mean_pairwise_cos is not None and first.latency_ms > 0
+    assert sum(r.fallback == "popularity" for r in recs) == 10 and all(r.history_source == "none" for r in recs[40:])
+
+
+def test_api_feast_history_and_fallback(service, tmp_path):
+    from mirec.serving.api import create_app
+
+    settings = _settings(tmp_path)
+    calls = []
+
+    def history(user_ids):
+        calls.append(user_ids)
+        if user_ids[0] == "down":
+            raise RuntimeError("FeatureStoreUnavailable: timeout")
+        return {u: ["item-1", "item-2", "item-3"] for u in user_ids}
+
+    app = create_app(settings, history_client=history,
+                     transport=_fake_torchserve({"mirec_a": service, "mirec_b": service}))
+    with TestClient(app) as c:
+        ok = c.post("/recommend", json={"user_id": "up", "n": 5}).json()
+        assert ok["history_source"] == "feast" and ok["fallback"] is None
+        down = c.post("/recommend", json={"user_id": "down", "n": 5}).json()
+        assert down["fallback"] == "popularity" and down["history_source"] == "none"
+        given = c.post("/recommend", json={"user_id": "up", "history": ["item-4"], "n": 5}).json()
+        assert given["history_source"] == "request"
+        assert "mirec_api_feast_fallback_total 1.0" in c.get("/metrics").text
+    assert len(calls) == 2  # a request with its own history does not hit the store
+    recs = read_served_log(tmp_path / "served.jsonl")
+    assert [r.feast_fallback for r in recs] == [False, True, False]
+
+
+def test_api_upstream_down(tmp_path):
+    from mirec.serving.api import create_app
+
+    def refuse(request):
+        raise httpx.ConnectError("refused")
+    with TestClient(create_app(_settings(tmp_path), transport=httpx.MockTransport(refuse))) as c:
+        r = c.post("/recommend", json={"user_id": "u", "n": 5})
+        assert r.status_code == 503 and "unavailable" in r.json()["error"]
+        assert c.get("/healthz").status_code == 503
+
+
+
+
+def test_diversity_aggregator_through_service():
+    """A diversity aggregator of the registry gets the request's `diversity`; served == offline."""
+    from mirec.data.schema import IdMap
+    from mirec.retrieval import available
+    from mirec.retrieval.recommender import Recommender
+
+    if "controllable" not in available():
+        pytest.skip("controllable aggregator not registered")
+    model, _ = tiny_model()
+    items = items_frame()
+    rec = Recommender(model, items=items, item_popularity=items["popularity"].to_numpy(), aggregator="controllable")
+    svc = RecommendService(rec, IdMap(items["item_id"].to_numpy()), items["category"].to_numpy(), "m", "1.0")
+    h = random_histories(1, seed=9)[0]
+    for div in (0.0, 0.9):
+        served = svc.handle_batch([{"history": h, "n": 20, "diversity": div}])[0][1]["items"]
+        off = rec.recommend([svc.item_ids.to_index(h)], n=20, diversity=div)[0]
+        assert_same_answer(served, [(f"item-{r.item_idx}", r.score, r.interest) for r in off])
+
+
+def test_example_configs_parse():
+    from pathlib import Path
+
+    from mirec.serving.packaging import load_package_spec
+    from mirec.serving.settings import load_settings
+
+    root = Path(__file__).parents[1] / "serving"
+    spec = load_package_spec(root / "package.example.yaml")
+    assert [c.name for c in spec.candidates] == ["mirec_a", "mirec_b"] and spec.candidates[0].index.kind == "hnsw"
+    s = load_settings(root / "api-settings.example.yaml")
+    assert s.experiment.shares == {"A": 0.5, "B": 0.5} and s.feast.timeout_ms == 50
