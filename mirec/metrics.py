@@ -1,0 +1,128 @@
+"""Metric functions (pure numpy): accuracy, diversity, collapse. Hand-checked in tests/test_metrics.py.
+
+Accuracy (ComiRec protocol, targets = the set of held-out items):
+  Recall@N  = |top-N ∩ T| / |T|
+  HitRate@N = 1[|top-N ∩ T| > 0]
+  NDCG@N    = Σ_{r < N, list[r] ∈ T} 1/log2(r+2)  /  Σ_{r < min(|T|, N)} 1/log2(r+2)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def recall_at(rec: np.ndarray, targets: np.ndarray, n: int) -> float:
+    t = np.unique(targets)
+    if len(t) == 0:
+        return 0.0
+    return float(np.isin(np.asarray(rec)[:n], t).sum() / len(t))
+
+
+def hit_at(rec: np.ndarray, targets: np.ndarray, n: int) -> float:
+    return float(np.isin(np.asarray(rec)[:n], np.unique(targets)).any())
+
+
+def ndcg_at(rec: np.ndarray, targets: np.ndarray, n: int) -> float:
+    t = np.unique(targets)
+    if len(t) == 0:
+        return 0.0
+    hits = np.isin(np.asarray(rec)[:n], t)
+    disc = 1.0 / np.log2(np.arange(2, n + 2))
+    dcg = float((hits * disc[: len(hits)]).sum())
+    idcg = float(disc[: min(len(t), n)].sum())
+    return dcg / idcg
+
+
+def category_diversity(rec: np.ndarray, item_category: np.ndarray) -> float:
+    """Share of unordered item pairs in the list whose categories differ (nan for < 2 items)."""
+    c = item_category[np.asarray(rec, np.int64)]
+    m = len(c)
+    if m < 2:
+        return float("nan")
+    _, counts = np.unique(c, return_counts=True)
+    same = float((counts * (counts - 1)).sum() / 2)
+    return 1.0 - same / (m * (m - 1) / 2)
+
+
+def embedding_ild(rec: np.ndarray, item_vectors: np.ndarray) -> float:
+    """Intra-list diversity: mean over pairs of (1 - cosine) of the item vectors (nan for < 2 items)."""
+    x = item_vectors[np.asarray(rec, np.int64)].astype(np.float64)
+    m = len(x)
+    if m < 2:
+        return float("nan")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    s = x @ x.T
+    return float(1.0 - (s.sum() - np.trace(s)) / (m * (m - 1)))
+
+
+def coverage(lists: list[np.ndarray], n_items: int) -> float:
+    """Share of the catalogue recommended to at least one user."""
+    if not lists:
+        return 0.0
+    return float(len(np.unique(np.concatenate([np.asarray(x, np.int64) for x in lists]))) / n_items)
+
+
+def gini(x: np.ndarray) -> float:
+    """Gini coefficient of non-negative values (0 = equal, -> 1 = concentrated)."""
+    x = np.sort(np.asarray(x, np.float64))
+    n = len(x)
+    if n == 0 or x.sum() == 0:
+        return 0.0
+    i = np.arange(1, n + 1)
+    return float((2 * i - n - 1) @ x / (n * x.sum()))
+
+
+def exposure_gini(lists: list[np.ndarray], n_items: int) -> float:
+    """Gini of how often each catalogue item is recommended, never-recommended items counted as 0."""
+    allv = np.concatenate([np.asarray(x, np.int64) for x in lists]) if lists else np.empty(0, np.int64)
+    return gini(np.bincount(allv, minlength=n_items))
+
+
+def mean_pairwise_cos(v: np.ndarray) -> float:
+    """Mean cosine over the K(K-1)/2 pairs of one user's interest vectors [K, d] (nan for K = 1)."""
+    k = len(v)
+    if k < 2:
+        return float("nan")
+    x = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    s = x @ x.T
+    return float((s.sum() - np.trace(s)) / (k * (k - 1)))
+
+
+def entropy(p: np.ndarray) -> float:
+    """Shannon entropy (nats) of a non-negative vector, normalised to sum 1."""
+    p = np.asarray(p, np.float64)
+    s = p.sum()
+    if s <= 0:
+        return 0.0
+    p = p[p > 0] / s
+    return float(max(0.0, -(p * np.log(p)).sum()))
+
+
+def interest_usage(interest_of_items: list[np.ndarray], k: int) -> dict:
+    """Which interest supplied the served items.
+    -> usage_entropy (pooled over users, nats), effective_interests = mean over users of exp(entropy of
+    the user's own list), single_interest_share = share of users whose whole list came from one interest."""
+    if not interest_of_items:
+        return {"usage_entropy": 0.0, "effective_interests": 0.0, "single_interest_share": 0.0}
+    pooled = np.zeros(k)
+    eff, single = [], []
+    for s in interest_of_items:
+        c = np.bincount(np.asarray(s, np.int64), minlength=k)
+        pooled[: len(c)] += c[:k]
+        eff.append(np.exp(entropy(c)))
+        single.append(float((c > 0).sum() <= 1))
+    return {"usage_entropy": entropy(pooled), "effective_interests": float(np.mean(eff)),
+            "single_interest_share": float(np.mean(single))}
+
+
+def routing_entropy(aux: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Entropy of each interest's routing/attention weights over the (real) sequence positions.
+    aux [B, K, L], mask [B, L] -> (mean entropy in nats, mean entropy / log(len)). A collapsed interest
+    that reads one item has entropy 0; uniform attention has normalised entropy 1."""
+    a = np.asarray(aux, np.float64) * mask[:, None, :]
+    p = a / np.maximum(a.sum(-1, keepdims=True), 1e-12)
+    h = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(-1)  # [B, K]
+    n = mask.sum(1)
+    norm = np.where(n > 1, h / np.log(np.maximum(n, 2))[:, None], np.nan)
+    ok = n > 1
+    return float(h[ok].mean()) if ok.any() else float("nan"), float(np.nanmean(norm[ok])) if ok.any() else float("nan")

@@ -1,0 +1,142 @@
+"""Shared pieces of every multi-interest model: config, registry, base class, label-aware selection.
+
+Conventions (docs/CONTRACTS.md):
+  item_emb: nn.Embedding[n_items + 1, d]; row 0 = padding, row item_idx + 1 = item item_idx.
+  interests(item_seq[B, L] (shifted ids, 0 = pad), mask[B, L] bool) -> [B, K, d]
+  self.aux: the last routing / attention weights [B, K, L] (0 on padding), for collapse metrics + REMI.
+Sequences are RIGHT-padded: real items sit at positions 0..len-1 (oldest first), so positional
+embeddings and the per-position routing noise of an item do not depend on the pad length.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from mirec.config import StrictModel
+
+
+class ModelConfig(StrictModel):
+    """Architecture of one model. `n_items` is filled in from the dataset by `mirec.train`."""
+
+    name: str = "mind"
+    n_items: int = Field(0, ge=0)
+    dim: int = Field(64, ge=2)
+    K: int = Field(4, ge=1)  # number of interests
+    max_len: int = Field(50, ge=1)  # the last max_len items of a history are used
+    routing_iters: int = Field(3, ge=1)  # MIND / ComiRec-DR
+    routing_sigma: float = Field(1.0, ge=0)  # MIND: std of the random initial routing logits
+    pow_p: float = Field(2.0, gt=0)  # label-aware attention power (selection = "label_aware")
+    #: target-aware interest selection during training: hard argmax (ComiRec) or label-aware attention
+    #: (MIND); None = the model's own default.
+    selection: Literal["hard", "label_aware"] | None = None
+    hidden_factor: int = Field(4, ge=1)  # ComiRec-SA attention MLP width = hidden_factor * dim
+
+
+_REGISTRY: dict[str, type["MultiInterestModel"]] = {}
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def available_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build(cfg: ModelConfig) -> "MultiInterestModel":
+    if cfg.name not in _REGISTRY:
+        raise KeyError(f"unknown model {cfg.name!r}; known: {available_models()}")
+    if cfg.n_items <= 0:
+        raise ValueError("ModelConfig.n_items must be set (number of items in the dataset)")
+    return _REGISTRY[cfg.name](cfg)
+
+
+def squash(z: torch.Tensor, dim: int = -1, eps: float = 1e-9) -> torch.Tensor:
+    """u = ||z||^2 / (1 + ||z||^2) * z / ||z||"""
+    n2 = (z * z).sum(dim, keepdim=True)
+    return n2 / (1 + n2) * z / torch.sqrt(n2 + eps)
+
+
+class MultiInterestModel(nn.Module):
+    registry_name = "?"
+    default_selection = "hard"
+    is_neural = True
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.K = cfg.K
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
+        nn.init.normal_(self.item_emb.weight, std=cfg.dim ** -0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.aux: torch.Tensor | None = None
+
+    @property
+    def selection(self) -> str:
+        return self.cfg.selection or self.default_selection
+
+    def interests(self, item_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [B, K, d]
+        raise NotImplementedError
+
+    def select(self, interests: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
+        """Target-aware selection of one user vector per example (training).
+        interests [B, K, d], target_emb [B, d] -> [B, d]
+          hard:        v = V[argmax_k V_k . e_t]                           (ComiRec)
+          label_aware: v = V^T softmax(pow(V e_t, p))                       (MIND; sign-preserving pow)
+        """
+        s = torch.einsum("bkd,bd->bk", interests, target_emb)  # [B, K]
+        if self.selection == "hard":
+            idx = s.argmax(-1)  # [B]
+            return interests[torch.arange(len(idx), device=idx.device), idx]
+        a = torch.softmax(torch.sign(s) * s.abs().pow(self.cfg.pow_p), dim=-1)  # [B, K]
+        return torch.einsum("bk,bkd->bd", a, interests)
+
+    def forward(self, item_seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
+        """item_seq/mask [B, L], target [B] shifted ids -> (user vector [B, d], interests [B, K, d])."""
+        v = self.interests(item_seq, mask)
+        return self.select(v, self.item_emb(target)), v
+
+    @torch.no_grad()
+    def item_vectors(self):
+        """[n_items, d] float32 numpy: index row i = item_idx i (= embedding row i + 1)."""
+        return self.item_emb.weight[1:].detach().float().cpu().numpy()
+
+
+def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """softmax over `dim` with masked-out entries = 0 (rows with no valid entry give all zeros)."""
+    x = x.masked_fill(~mask, float("-inf"))
+    out = torch.softmax(x, dim=dim)
+    return torch.nan_to_num(out, nan=0.0)
+
+
+def pos_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Right padding: position of each element from the start of the sequence. [B, L] long."""
+    return torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+
+
+def unit(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return F.normalize(x, dim=dim)
+
+
+def pad_histories(histories, max_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """list of item_idx arrays -> (item_seq [B, L] shifted ids (item_idx + 1), mask [B, L]); RIGHT padded,
+    the last `max_len` items kept, L = the longest kept history in the batch (at least 1)."""
+    kept = [torch.as_tensor(h[-max_len:] if len(h) else h, dtype=torch.long) for h in histories]
+    L = max(1, max((len(h) for h in kept), default=1))
+    seq = torch.zeros(len(kept), L, dtype=torch.long)
+    for i, h in enumerate(kept):
+        seq[i, : len(h)] = h + 1
+    mask = seq > 0
+    if device is not None:
+        seq, mask = seq.to(device), mask.to(device)
+    return seq, mask

@@ -1,0 +1,37 @@
+"""ComiRec-SA (Cen et al., 2020): self-attentive multi-interest extraction.
+
+  H = item_emb(x)                                  [B, L, d]
+  A = softmax_L(W2 tanh(W1 (H + P)ᵀ))ᵀ             [B, K, L]  (P: positional embeddings, padding -> 0)
+  V = A H                                          [B, K, d]
+Training selects the interest with the largest inner product with the target (hard argmax).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from mirec.models.base import ModelConfig, MultiInterestModel, masked_softmax, pos_ids, register_model
+
+
+@register_model("comirec_sa")
+class ComiRecSA(MultiInterestModel):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        h = cfg.hidden_factor * cfg.dim
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        nn.init.normal_(self.pos_emb.weight, std=cfg.dim ** -0.5)
+        self.W1 = nn.Linear(cfg.dim, h)
+        self.W2 = nn.Linear(h, self.num_heads, bias=False)
+
+    @property
+    def num_heads(self) -> int:
+        return self.cfg.K
+
+    def interests(self, item_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        H = self.item_emb(item_seq)  # [B, L, d]
+        Hp = H + self.pos_emb(pos_ids(mask))  # [B, L, d]
+        logits = self.W2(torch.tanh(self.W1(Hp))).transpose(1, 2)  # [B, K, L]
+        A = masked_softmax(logits, mask[:, None, :], dim=-1)  # [B, K, L]
+        self.aux = A
+        return torch.einsum("bkl,bld->bkd", A, H)  # [B, K, d]

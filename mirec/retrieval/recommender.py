@@ -1,0 +1,145 @@
+"""Recommender = model + item index + aggregator + item metadata.
+
+The one object that both offline evaluation (`mirec.evaluate`) and the TorchServe handler call, so
+served answers equal offline evaluation:
+
+    rec = Recommender.from_checkpoint("artifacts/models/mind")
+    lists = rec.recommend([np.array([3, 17, 42])], n=20)        # -> [[Recommendation(item_idx, score, interest)]]
+    vecs, stats = rec.interests([np.array([3, 17, 42])])        # [B, K, d], [{k, mean_pairwise_cos, interest_norms}]
+
+Neural models: each interest searches the FAISS index (row i = item_idx i = embedding row i + 1) for its
+top-M items, M = n (+ the history length when seen items are excluded); the aggregator merges.
+Baselines (popularity, item-kNN): one list (K = 1) of the top-M items by their score.
+An empty history gets the popularity list (interest 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mirec.models.base import pad_histories
+from mirec.metrics import mean_pairwise_cos
+from mirec.retrieval.aggregators import AggregationContext, Recommendation, get_aggregator
+from mirec.retrieval.index import ItemIndex
+
+
+class Recommender:
+    def __init__(self, model, index: ItemIndex | None = None, items: pd.DataFrame | np.ndarray | None = None,
+                 item_popularity: np.ndarray | None = None, aggregator: str = "merge",
+                 aggregator_params: dict | None = None, batch_size: int = 256, index_kind: str = "flat"):
+        self.model = model
+        self.is_neural = getattr(model, "is_neural", True)
+        if self.is_neural:
+            model.eval()
+            self.device = next(model.parameters()).device
+            self.item_vectors = model.item_vectors()
+            self.index = index or ItemIndex.build(self.item_vectors, index_kind)
+            self.n_items = len(self.item_vectors)
+        else:
+            self.device, self.item_vectors, self.index = None, None, None
+            self.n_items = len(item_popularity) if item_popularity is not None else model.score_histories([np.empty(0, np.int64)]).shape[1]
+        if isinstance(items, pd.DataFrame):
+            items = items.sort_values("item_idx")["category_idx"].to_numpy(np.int64)
+        self.item_category = np.asarray(items, np.int64) if items is not None else np.zeros(self.n_items, np.int64)
+        self.item_popularity = (np.asarray(item_popularity, np.float64) if item_popularity is not None
+                                else np.zeros(self.n_items))
+        self.aggregator_name = aggregator
+        self.aggregator = get_aggregator(aggregator)
+        self.aggregator_params = aggregator_params or {}
+        self.batch_size = batch_size
+        self.K = model.K
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: str | Path, aggregator: str = "merge", index_kind: str = "flat",
+                        **kw) -> "Recommender":
+        from mirec.train import load_model
+
+        model, _ = load_model(checkpoint_dir)
+        items = pd.read_parquet(Path(checkpoint_dir) / "items.parquet")
+        pop = items.sort_values("item_idx")["popularity"].to_numpy() if "popularity" in items else None
+        return cls(model, items=items, item_popularity=pop, aggregator=aggregator, index_kind=index_kind, **kw)
+
+    # ---- interests -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, histories: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """-> (interests [B, K, d] float32, per-user routing/attention weights [K, len] (numpy))."""
+        if not self.is_neural:
+            raise TypeError(f"{type(self.model).__name__} has no interest vectors")
+        out, aux = [], []
+        L = self.model.cfg.max_len
+        for s in range(0, len(histories), self.batch_size):
+            chunk = histories[s: s + self.batch_size]
+            seq, mask = pad_histories(chunk, L, self.device)
+            v = self.model.interests(seq, mask)
+            out.append(v.float().cpu().numpy())
+            a = self.model.aux.float().cpu().numpy()
+            n = mask.sum(1).cpu().numpy()
+            aux.extend(a[i, :, : n[i]] for i in range(len(chunk)))
+        d = self.item_vectors.shape[1]
+        return (np.concatenate(out) if out else np.zeros((0, self.K, d), np.float32)), aux
+
+    def interests(self, histories: list[np.ndarray]) -> tuple[np.ndarray, list[dict]]:
+        """-> (interests [B, K, d], stats per user: {k, mean_pairwise_cos, interest_norms})."""
+        v, _ = self.encode(histories)
+        return v, [self.interest_stats(x) for x in v]
+
+    @staticmethod
+    def interest_stats(v: np.ndarray) -> dict:
+        c = mean_pairwise_cos(v)
+        return {"k": int(len(v)), "mean_pairwise_cos": None if np.isnan(c) else c,
+                "interest_norms": [float(x) for x in np.linalg.norm(v, axis=1)]}
+
+    # ---- recommend -------------------------------------------------------------------------------
+    def _candidates(self, histories, top_m):
+        """-> scores [B, K, M], items [B, K, M], interests [B, K, d] | None, aux list | None."""
+        if self.is_neural:
+            v, aux = self.encode(histories)
+            scores, items = self.index.search(v, top_m)
+            return scores, items, v, aux
+        s = self.model.score_histories(histories)  # [B, N]
+        m = min(top_m, s.shape[1])
+        part = np.argpartition(-s, m - 1, axis=1)[:, :m]
+        ps = np.take_along_axis(s, part, 1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        items = np.take_along_axis(part, order, 1)
+        return np.take_along_axis(ps, order, 1)[:, None, :], items[:, None, :], None, None
+
+    def recommend(self, histories: list[np.ndarray], n: int, exclude_seen: bool = True,
+                  diversity: float | None = None, return_details: bool = False):
+        """histories: list of item_idx arrays (time-ordered). -> list (per user) of n Recommendations.
+        With return_details=True: (lists, details) where details[b] = {interests [K, d] | None,
+        stats, aux [K, len] | None}."""
+        histories = [np.asarray(h, np.int64) for h in histories]
+        lists: list[list[Recommendation]] = [[] for _ in histories]
+        details: list[dict] = [{} for _ in histories]
+        nonempty = [i for i, h in enumerate(histories) if len(h)]
+        for i in set(range(len(histories))) - set(nonempty):  # cold user: popularity
+            order = np.argsort(-self.item_popularity, kind="stable")[:n]
+            lists[i] = [Recommendation(int(j), float(self.item_popularity[j]), 0) for j in order]
+            details[i] = {"interests": None, "stats": {"k": 0, "mean_pairwise_cos": None, "interest_norms": []},
+                          "aux": None, "fallback": "popularity"}
+        for s in range(0, len(nonempty), self.batch_size):
+            idx = nonempty[s: s + self.batch_size]
+            hs = [histories[i] for i in idx]
+            extra = max(len(np.unique(h)) for h in hs) if exclude_seen else 0
+            top_m = min(n + extra, self.n_items)
+            scores, items, v, aux = self._candidates(hs, top_m)
+            for b, i in enumerate(idx):
+                ctx = AggregationContext(
+                    n=n, item_category=self.item_category,
+                    exclude=np.unique(hs[b]) if exclude_seen else np.empty(0, np.int64),
+                    history=hs[b], interests=None if v is None else v[b],
+                    interest_weights=None if aux is None else aux[b].sum(-1),
+                    item_vectors=self.item_vectors, item_popularity=self.item_popularity,
+                    diversity=diversity, params=self.aggregator_params)
+                lists[i] = self.aggregator(scores[b], items[b], ctx)
+                if return_details:
+                    details[i] = {"interests": None if v is None else v[b],
+                                  "stats": self.interest_stats(v[b]) if v is not None else
+                                  {"k": 1, "mean_pairwise_cos": None, "interest_norms": []},
+                                  "aux": None if aux is None else aux[b], "fallback": None}
+        return (lists, details) if return_details else lists

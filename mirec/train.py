@@ -1,0 +1,390 @@
+"""Training: target-aware interest selection + sampled softmax, REMI options, DDP-ready.
+
+    from mirec.train import train, load_model, TrainConfig
+    res = train("artifacts/data/synthetic", ModelConfig(name="mind"), TrainConfig(epochs=5), "artifacts/models/mind")
+    model, cfg = load_model(res.checkpoint)
+
+Examples: every position t ≥ 1 of every training sequence is one (history = the previous max_len items,
+target = item t) example. Batches are length-bucketed (sorted inside shuffled chunks) and padded only
+to the longest history in the batch.
+
+Loss (per example b, user vector v_b = target-aware selection of its interests):
+  logits = [v_b·e_pos | v_b·e_neg ...] (accidental hits masked), cross-entropy on the positive.
+  negatives: `uniform` (num_negatives shared per batch), `in_batch` (the other examples' targets) or
+  `mixed` (both). log-Q: each logit of item j gets −log c_j, c_j = expected times j is drawn
+  (uniform: num_negatives/N; in-batch: B·p_j, p_j = j's share of training targets).
+REMI:
+  routing regularisation  L_RR = λ Σ_b ‖diag(C_b)‖²,  C_b = (A_b − Ā_b)(A_b − Ā_b)ᵀ / d, A_b [K, L] the
+    attention/routing weights over the real positions (the REMI code's form: the variance of each
+    interest's weights over the sequence);
+  interest-aware hard negatives: per example, num_negatives items drawn with p(j) ∝ exp(β max_k z_k·v_j)
+    (over the whole catalogue, or a uniform pool of hard_neg_pool items for large ones); they replace the
+    uniform negatives.
+Runs unchanged under `torchrun` (DistributedDataParallel; gloo on CPU, nccl on GPU); bf16 autocast on
+GPU (`amp="bf16"` forces it on CPU too, the CPU-testable twin).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from mirec.config import StrictModel
+from mirec.data import Dataset
+from mirec.models import ModelConfig, MultiInterestModel, build
+
+MODEL_FILE, MODEL_CONFIG, TRAIN_CONFIG, LAST_FILE = "model.pt", "model_config.json", "train_config.json", "last.pt"
+LOG_FILE, CURVE_FILE = "metrics.jsonl", "training_curve.png"
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    negatives: Literal["uniform", "in_batch", "mixed"] = "mixed"
+    num_negatives: int = Field(256, ge=1)  # uniform (or hard) negatives per batch / example
+    logq: bool = False
+    remi_rr_weight: float = Field(0.0, ge=0)  # 0 = routing regularisation off
+    remi_hard_neg_beta: float = Field(0.0, ge=0)  # 0 = interest-aware hard negatives off
+    hard_neg_pool: int = Field(20000, ge=1)
+    grad_clip: float | None = Field(5.0, gt=0)
+    patience: int = Field(3, ge=1)  # evaluations without a better validation Recall@50
+    eval_every: int = Field(1, ge=1)  # epochs
+    eval_max_users: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    samples_per_epoch: int | None = Field(12800, ge=1)  # examples drawn per epoch (None = all of them)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on CUDA, off on CPU
+    num_threads: int | None = Field(None, ge=1)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    metrics: dict = field(default_factory=dict)
+    model: MultiInterestModel | None = None  # the final (last-step) model of this process
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def save_checkpoint(model: MultiInterestModel, out_dir: str | Path, items_src: Path | None = None) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(sd, out_dir / MODEL_FILE)
+    (out_dir / MODEL_CONFIG).write_text(model.cfg.model_dump_json(indent=2))
+    if items_src is not None and items_src.exists() and not (out_dir / "items.parquet").exists():
+        shutil.copy(items_src, out_dir / "items.parquet")
+    return out_dir
+
+
+def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultiInterestModel, ModelConfig]:
+    d = Path(checkpoint_dir)
+    cfg = ModelConfig.model_validate_json((d / MODEL_CONFIG).read_text())
+    model = build(cfg)
+    model.load_state_dict(torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True))
+    return model.to(device).eval(), cfg
+
+
+# ---- data ----------------------------------------------------------------------------------------
+class Examples:
+    """All (sequence, t) pairs with t ≥ 1: history = seq[max(0, t - max_len):t], target = seq[t]."""
+
+    def __init__(self, sequences: dict[int, np.ndarray], max_len: int):
+        self.seqs = [np.asarray(s, np.int64) for s in sequences.values() if len(s) >= 2]
+        self.max_len = max_len
+        sid = [np.full(len(s) - 1, i) for i, s in enumerate(self.seqs)]
+        pos = [np.arange(1, len(s)) for s in self.seqs]
+        self.sid = np.concatenate(sid) if sid else np.empty(0, np.int64)
+        self.pos = np.concatenate(pos) if pos else np.empty(0, np.int64)
+        self.length = np.minimum(self.pos, max_len)
+        self.target_freq = np.bincount(np.concatenate([s[1:] for s in self.seqs]) if self.seqs else [0])
+
+    def __len__(self) -> int:
+        return len(self.sid)
+
+    def batches(self, batch_size: int, rng: np.random.Generator, limit: int | None = None) -> list[np.ndarray]:
+        """Length-bucketed shuffled batches: shuffle, sort by length inside chunks of 50 batches,
+        cut into batches, shuffle the batch order."""
+        idx = rng.permutation(len(self))[: limit or len(self)]
+        chunk = batch_size * 50
+        out = []
+        for s in range(0, len(idx), chunk):
+            c = idx[s: s + chunk]
+            c = c[np.argsort(self.length[c], kind="stable")]
+            out += [c[i: i + batch_size] for i in range(0, len(c), batch_size)]
+        return [out[i] for i in rng.permutation(len(out))]
+
+    def collate(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> item_seq [B, L] (shifted, right-padded), mask [B, L], target [B] (shifted)."""
+        L = int(self.length[ids].max())
+        seq = torch.zeros(len(ids), L, dtype=torch.long)
+        tgt = torch.empty(len(ids), dtype=torch.long)
+        for b, i in enumerate(ids):
+            s, t = self.seqs[self.sid[i]], self.pos[i]
+            h = s[max(0, t - self.max_len): t]
+            seq[b, : len(h)] = torch.from_numpy(h + 1)
+            tgt[b] = int(s[t]) + 1
+        return seq, seq > 0, tgt
+
+
+# ---- losses --------------------------------------------------------------------------------------
+def routing_regularization(aux: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """REMI L_RR: Σ_b ‖diag(C_b)‖², C_b = (A − Ā)(A − Ā)ᵀ / d over the real positions. aux [B, K, L]."""
+    m = mask[:, None, :].to(aux.dtype)  # [B, 1, L]
+    n = m.sum(-1, keepdim=True).clamp_min(1)
+    mean = (aux * m).sum(-1, keepdim=True) / n  # [B, K, 1]
+    c = (aux - mean) * m  # [B, K, L]
+    diag = (c * c).sum(-1) / dim  # [B, K]  = diag((A-Ā)(A-Ā)ᵀ)/d
+    return (diag ** 2).sum()
+
+
+def hard_negatives(interests: torch.Tensor, item_table: torch.Tensor, count: int, beta: float, pool: int,
+                   gen: torch.Generator | None = None) -> torch.Tensor:
+    """Interest-aware hard negatives: per example, `count` shifted ids drawn with
+    p(j) ∝ exp(β · max_k z_k·v_j) over the catalogue (or a uniform pool of `pool` items). -> [B, count]"""
+    with torch.no_grad():
+        n = item_table.shape[0] - 1
+        dev = interests.device
+        cand = (torch.randperm(n, generator=gen)[:pool].to(dev) + 1) if pool < n else torch.arange(1, n + 1, device=dev)
+        s = torch.einsum("bkd,nd->bkn", interests.float(), item_table[cand].float()).amax(1)  # [B, P]
+        draw = torch.multinomial(torch.softmax(beta * s, -1), count, replacement=True, generator=None)
+        return cand[draw]
+
+
+class LossModule(nn.Module):
+    """Wraps the model so that the whole loss is one forward pass (what DDP wraps)."""
+
+    def __init__(self, model: MultiInterestModel, cfg: TrainConfig, target_freq: np.ndarray):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        n = model.cfg.n_items
+        p = np.zeros(n + 1)
+        p[1: len(target_freq) + 1] = target_freq[:n]
+        self.register_buffer("p_target", torch.tensor(p / max(p.sum(), 1), dtype=torch.float32), persistent=False)
+
+    def forward(self, seq, mask, tgt, uni_neg):
+        cfg, m = self.cfg, self.model
+        user, interests = m(seq, mask, tgt)  # [B, d], [B, K, d]
+        E = m.item_emb
+        pos = (user * E(tgt)).sum(-1, keepdim=True)  # [B, 1]
+        cols, ids = [pos], [tgt[:, None]]
+        hard = cfg.remi_hard_neg_beta > 0
+        if hard:
+            neg = hard_negatives(interests, E.weight, cfg.num_negatives, cfg.remi_hard_neg_beta, cfg.hard_neg_pool)
+            cols.append(torch.einsum("bd,bmd->bm", user, E(neg)))  # [B, M]
+            ids.append(neg)
+        elif cfg.negatives in ("uniform", "mixed"):
+            cols.append(user @ E(uni_neg).T)  # [B, M]
+            ids.append(uni_neg[None, :].expand(len(tgt), -1))
+        if cfg.negatives in ("in_batch", "mixed"):
+            cols.append(user @ E(tgt).T)  # [B, B]
+            ib = tgt[None, :].expand(len(tgt), -1).clone()
+            ib[torch.eye(len(tgt), dtype=torch.bool, device=tgt.device)] = -1  # the positive itself
+            ids.append(ib)
+        logits = torch.cat(cols, 1).float()  # [B, 1 + ...]
+        ids = torch.cat(ids, 1)
+        if cfg.logq:
+            N, B = m.cfg.n_items, len(tgt)
+            c = torch.zeros_like(logits)
+            if cfg.negatives in ("uniform", "mixed") and not hard:
+                c += cfg.num_negatives / N
+            if cfg.negatives in ("in_batch", "mixed"):
+                c += B * self.p_target[ids.clamp_min(0)]
+            logits = logits - torch.log(c.clamp_min(1e-12)) * (c > 0)
+        hit = ids[:, 1:] == tgt[:, None]  # accidental hits and the positive's own in-batch column
+        hit |= ids[:, 1:] < 0
+        logits[:, 1:] = logits[:, 1:].masked_fill(hit, float("-inf"))
+        ce = F.cross_entropy(logits, torch.zeros(len(tgt), dtype=torch.long, device=logits.device))
+        rr = torch.zeros((), device=logits.device)
+        if cfg.remi_rr_weight > 0 and m.aux is not None:
+            rr = cfg.remi_rr_weight * routing_regularization(m.aux.float(), mask, m.cfg.dim)
+        return ce + rr, ce.detach(), rr.detach()
+
+
+# ---- runtime -------------------------------------------------------------------------------------
+def _dist_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    dev = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+    return rank, world, dev
+
+
+def pick_threads(cfg: TrainConfig, world: int) -> int:
+    """Configured value, else the cores per local process (at most 8) — but 1 when the machine is already
+    busy (load ≥ cores): oversubscribed OpenMP threads are many times slower than one thread."""
+    if cfg.num_threads:
+        return cfg.num_threads
+    cpus = os.cpu_count() or 1
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] >= cpus:
+        return 1
+    return max(1, min(8, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world)))))
+
+
+def _plot(log: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r for r in log if r.get("kind") == "epoch"]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot([r["epoch"] for r in ep], [r["loss"] for r in ep], marker="o")
+    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("train loss")
+    ev = [r for r in ep if r.get("val_recall@50") is not None]
+    ax[1].plot([r["epoch"] for r in ev], [r["val_recall@50"] for r in ev], marker="o", color="C1")
+    ax[1].set_xlabel("epoch"), ax[1].set_ylabel("valid Recall@50")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def validate(model: MultiInterestModel, ds: Dataset, max_users: int | None) -> dict:
+    from mirec.evaluate import evaluate
+
+    was = model.training
+    out = evaluate(model, ds, split="valid", n_values=(50,), max_users=max_users, collapse=False)["metrics"]
+    model.train(was)
+    return out
+
+
+def train(dataset_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig | None = None,
+          out_dir: str | Path = "artifacts/models/model", progress: bool = True, resume: bool = False) -> TrainResult:
+    """Train `model_cfg` on the prepared dataset; best (validation Recall@50) weights -> out_dir/model.pt.
+    Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes files."""
+    cfg = train_cfg or TrainConfig()
+    rank, world, dev = _dist_setup(cfg)
+    torch.set_num_threads(pick_threads(cfg, world))
+    out = Path(out_dir)
+    ds = Dataset(dataset_dir)
+    mcfg = model_cfg.model_copy(update={"n_items": ds.n_items})
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = build(mcfg).to(dev)
+    mcfg = model.cfg
+    ex = Examples(ds.train_sequences(), mcfg.max_len)
+    loss_mod = LossModule(model, cfg, ex.target_freq).to(dev)
+    runner: nn.Module = loss_mod
+    if world > 1:
+        runner = nn.parallel.DistributedDataParallel(loss_mod, device_ids=[dev.index] if dev.type == "cuda" else None)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and dev.type == "cuda")
+    start_epoch, step, best, bad, log = 0, 0, -1.0, 0, []
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / TRAIN_CONFIG).write_text(cfg.model_dump_json(indent=2))
+    torch.manual_seed(cfg.seed * 1000 + rank)  # routing noise / negatives differ per rank
+    if resume and (out / LAST_FILE).exists():
+        st = torch.load(out / LAST_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        start_epoch, step, best, bad = int(st["epoch"]) + 1, int(st["step"]), float(st["best"]), int(st["bad"])
+        torch.set_rng_state(st["rng"][rank] if st["rng"].dim() == 2 else st["rng"])
+        if (out / LOG_FILE).exists():
+            log = [json.loads(x) for x in (out / LOG_FILE).read_text().splitlines() if x.strip()]
+    elif rank == 0:  # a fresh run must not leave an older run's best weights behind
+        for f in (LOG_FILE, MODEL_FILE, LAST_FILE):
+            (out / f).unlink(missing_ok=True)
+    t_train, n_seen, stop = 0.0, 0, False
+    ran_epochs = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch])  # same order on every rank and on resume
+        batches = ex.batches(cfg.batch_size, rng, cfg.samples_per_epoch)
+        per_rank = len(batches) // world
+        batches = batches[rank * per_rank: (rank + 1) * per_rank] if world > 1 else batches
+        t0 = time.perf_counter()
+        tot, tot_rr, nb = 0.0, 0.0, 0
+        bar = tqdm(batches, desc=f"{mcfg.name} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not progress or rank != 0, leave=False, mininterval=1.0)
+        for ids in bar:
+            seq, mask, tgt = (t.to(dev) for t in ex.collate(ids))
+            uni = torch.randint(1, mcfg.n_items + 1, (cfg.num_negatives,), device=dev)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, ce, rr = runner(seq, mask, tgt, uni)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            n_seen += len(ids) * world
+            tot, tot_rr, nb = tot + float(ce), tot_rr + float(rr), nb + 1
+            if nb % 20 == 0:
+                bar.set_postfix(loss=f"{tot / nb:.3f}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                stop = True
+                break
+        t_train += time.perf_counter() - t0
+        ran_epochs += 1
+        rec = {"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": tot / max(nb, 1),
+               "rr_loss": tot_rr / max(nb, 1), "epoch_s": time.perf_counter() - t0}
+        do_eval = (epoch + 1) % cfg.eval_every == 0 or stop or epoch + 1 == cfg.epochs
+        flag = [False]
+        rng_state = torch.get_rng_state()
+        if world > 1 and dev.type == "cpu":  # every rank's CPU RNG, so a resumed DDP run is exact too
+            states = [torch.empty_like(rng_state) for _ in range(world)]
+            dist.all_gather(states, rng_state)
+            rng_state = torch.stack(states)
+        if rank == 0:
+            if do_eval:
+                val = validate(model, ds, cfg.eval_max_users)
+                rec["val_recall@50"] = val["recall@50"]
+                rec["val_ndcg@50"] = val["ndcg@50"]
+                if val["recall@50"] is not None and val["recall@50"] > best:
+                    best, bad = val["recall@50"], 0
+                    save_checkpoint(model, out, ds.root / "items.parquet")
+                else:
+                    bad += 1
+            log.append(rec)
+            with open(out / LOG_FILE, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "step": step,
+                        "best": best, "bad": bad, "rng": rng_state}, out / LAST_FILE)
+            if progress:
+                tqdm.write(f"{mcfg.name} epoch {epoch + 1}: loss {rec['loss']:.4f}"
+                           + (f"  valid R@50 {rec['val_recall@50']:.4f}" if "val_recall@50" in rec else ""))
+            flag = [stop or bad >= cfg.patience]
+        if world > 1:
+            dist.broadcast_object_list(flag, src=0)
+        if flag[0]:
+            break
+    metrics = {"best_val_recall@50": best, "epochs": ran_epochs, "steps": step, "train_time_s": t_train,
+               "samples_per_s": n_seen / t_train if t_train > 0 else None, "world_size": world,
+               "device": str(dev), "amp_bf16": use_amp, "train_examples": len(ex)}
+    if rank == 0:
+        if not (out / MODEL_FILE).exists():
+            save_checkpoint(model, out, ds.root / "items.parquet")
+        _plot(log, out / CURVE_FILE)
+        (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    if world > 1:
+        dist.barrier()
+    return TrainResult(out, metrics, model)
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node 2 -m mirec.train --data D --model mind --out O`
+    import typer
+
+    from mirec.cli.models import train_cmd
+
+    typer.run(train_cmd)

@@ -1,0 +1,189 @@
+"""Training: losses, REMI options, determinism by seed, checkpoints (weights_only), resume, bf16 twin, DDP on CPU."""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mirec.config import DataConfig, SynthConfig
+from mirec.data import Dataset, prepare
+from mirec.models import ModelConfig, build, pad_histories
+from mirec.train import (LossModule, TrainConfig, hard_negatives, load_model, routing_regularization, train)
+
+TINY = dict(epochs=1, batch_size=64, num_negatives=16, samples_per_epoch=640, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    cfg = DataConfig(out_dir=str(out), synth=SynthConfig(n_users=120, n_items=150, n_categories=5, seq_len=(10, 20)))
+    prepare(cfg, progress=False)
+    return out
+
+
+def _mcfg(name="mind"):
+    return ModelConfig(name=name, dim=8, K=2, max_len=10)
+
+
+# ---- losses ----------------------------------------------------------------------------------------
+def test_routing_regularization_matches_remi_form_and_ignores_padding():
+    torch.manual_seed(0)
+    A = torch.softmax(torch.randn(3, 2, 5), -1)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    d = 8
+    C = (A - A.mean(2, keepdim=True))
+    ref = (torch.diagonal(C @ C.transpose(1, 2) / d, dim1=-2, dim2=-1).norm(dim=1) ** 2).sum()  # REMI code
+    torch.testing.assert_close(routing_regularization(A, mask, d), ref)
+    uniform = torch.full((1, 2, 4), 0.25)
+    assert routing_regularization(uniform, torch.ones(1, 4, dtype=torch.bool), d) == 0
+    onehot = torch.tensor([[[1.0, 0, 0, 0]]])  # var*L = 1 - 1/4 = 0.75 -> (0.75/d)^2
+    assert routing_regularization(onehot, torch.ones(1, 4, dtype=torch.bool), d).item() == pytest.approx((0.75 / d) ** 2)
+    padded = torch.cat([A, torch.zeros(3, 2, 3)], -1)
+    pmask = torch.cat([mask, torch.zeros(3, 3, dtype=torch.bool)], 1)
+    torch.testing.assert_close(routing_regularization(padded, pmask, d), ref)
+
+
+def test_hard_negatives_follow_interest_scores():
+    table = torch.zeros(6, 2)  # row 0 = padding
+    table[1:] = torch.tensor([[1.0, 0], [0, 1.0], [-1.0, 0], [0, -1.0], [0.5, 0.5]])
+    z = torch.tensor([[[1.0, 0.0], [0.0, 0.2]]])  # max_k z_k·v: items 1..5 -> 1, .2, 0, 0, .5
+    torch.manual_seed(0)
+    hard = hard_negatives(z, table, 2000, beta=50.0, pool=100)
+    assert hard.shape == (1, 2000) and (hard == 1).float().mean() > 0.99
+    soft = hard_negatives(z, table, 4000, beta=0.0, pool=100)  # β = 0: uniform over items 1..5
+    counts = torch.bincount(soft[0], minlength=6)[1:].float() / 4000
+    assert torch.all((counts - 0.2).abs() < 0.04) and not (soft == 0).any()
+
+
+def _loss_setup(negatives, logq=False):
+    torch.manual_seed(0)
+    m = build(ModelConfig(name="comirec_sa", n_items=20, dim=4, K=2, max_len=6)).train()
+    lm = LossModule(m, TrainConfig(negatives=negatives, logq=logq, num_negatives=3), np.arange(1, 21))
+    seq, mask = pad_histories([np.array([1, 2, 3]), np.array([4, 5])], 6)
+    return m, lm, seq, mask, torch.tensor([7, 9])
+
+
+def test_sampled_softmax_masks_accidental_hits():
+    m, lm, seq, mask, tgt = _loss_setup("uniform")
+    loss, ce, _ = lm(seq, mask, tgt, torch.tensor([7, 7, 7]))  # all negatives = example 0's target
+    user, _ = m(seq, mask, tgt)
+    E = m.item_emb.weight
+    # example 0: only the positive is left -> 0; example 1: normal softmax over 1 + 3 columns
+    l1 = torch.cat([(user[1] * E[9]).sum()[None], (E[[7, 7, 7]] @ user[1])])
+    expected = (0 + (-torch.log_softmax(l1, 0)[0])) / 2
+    torch.testing.assert_close(ce, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_in_batch_logq_correction():
+    m, lm, seq, mask, tgt = _loss_setup("in_batch", logq=True)
+    _, ce, _ = lm(seq, mask, tgt, torch.tensor([1, 2, 3]))
+    user, _ = m(seq, mask, tgt)
+    E = m.item_emb.weight
+    p = torch.arange(1, 21, dtype=torch.float32) / torch.arange(1, 21).sum()  # target frequency of item_idx
+    logit = user @ E[tgt].T - torch.log(2 * p[tgt - 1])[None, :]  # columns = the batch's targets
+    expected = torch.nn.functional.cross_entropy(logit, torch.arange(2))
+    torch.testing.assert_close(ce, expected.detach(), rtol=1e-5, atol=1e-6)
+    _, ce_plain, _ = _loss_setup("in_batch", logq=False)[1](seq, mask, tgt, torch.tensor([1, 2, 3]))
+    assert not torch.isclose(ce, ce_plain)
+
+
+# ---- training runs ---------------------------------------------------------------------------------
+def _weights(d):
+    return torch.load(d / "model.pt", weights_only=True)
+
+
+def test_train_writes_artifacts_and_is_deterministic(tiny, tmp_path):
+    r1 = train(tiny, _mcfg(), TrainConfig(seed=3, **TINY), tmp_path / "a", progress=False)
+    for f in ("model.pt", "model_config.json", "metrics.jsonl", "training_curve.png", "items.parquet", "last.pt"):
+        assert (tmp_path / "a" / f).exists(), f
+    log = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["epoch"] == 1 and np.isfinite(log[0]["loss"]) and "val_recall@50" in log[0]
+    assert r1.metrics["samples_per_s"] > 0 and 0 <= r1.metrics["best_val_recall@50"] <= 1
+    model, cfg = load_model(r1.checkpoint)  # weights_only=True inside
+    assert cfg.n_items == Dataset(tiny).n_items and cfg.name == "mind"
+    train(tiny, _mcfg(), TrainConfig(seed=3, **TINY), tmp_path / "b", progress=False)
+    train(tiny, _mcfg(), TrainConfig(seed=4, **TINY), tmp_path / "c", progress=False)
+    wa, wb, wc = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(wa["item_emb.weight"], wc["item_emb.weight"])
+
+
+def test_training_improves_over_init_and_remi_options_run(tiny, tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 3, "samples_per_epoch": 1280}, remi_rr_weight=1.0, remi_hard_neg_beta=1.0)
+    r = train(tiny, _mcfg("comirec_sa"), cfg, tmp_path / "sa", progress=False)
+    log = [json.loads(x) for x in (tmp_path / "sa" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"] and log[0]["rr_loss"] > 0
+    assert r.metrics["best_val_recall@50"] > 0
+
+
+def test_resume_equals_uninterrupted(tiny, tmp_path):
+    cfg2 = TrainConfig(seed=1, **{**TINY, "epochs": 2, "patience": 5})
+    train(tiny, _mcfg(), cfg2, tmp_path / "full", progress=False)
+    train(tiny, _mcfg(), TrainConfig(seed=1, **{**TINY, "epochs": 1, "patience": 5}), tmp_path / "res", progress=False)
+    train(tiny, _mcfg(), cfg2, tmp_path / "res", progress=False, resume=True)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "res" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "res" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_bf16_autocast_cpu_twin(tiny, tmp_path):
+    r = train(tiny, _mcfg(), TrainConfig(amp="bf16", max_steps=3, **TINY), tmp_path / "bf", progress=False)
+    assert r.metrics["amp_bf16"] and r.metrics["steps"] == 3
+    model, _ = load_model(tmp_path / "bf")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ---- DDP on CPU (gloo, 2 processes) ----------------------------------------------------------------
+def _ddp_worker(rank, world, port, data, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    import torch.distributed as dist
+
+    r = train(data, _mcfg(), TrainConfig(**{**TINY, "epochs": 2, "patience": 5}), out, progress=False)
+    torch.save({"metrics": {k: v for k, v in r.metrics.items() if isinstance(v, (int, float))},
+                "params": {k: v.detach().clone() for k, v in r.model.state_dict().items()}}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_gloo(tiny, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    mp.spawn(_ddp_worker, args=(2, port, str(tiny), str(out)), nprocs=2, join=True)
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["metrics"]["world_size"] == 2 and r0["metrics"]["steps"] == r1["metrics"]["steps"] > 0
+    # both ranks hold the same parameters after training (gradients were all-reduced)...
+    assert all(torch.equal(r0["params"][k], r1["params"][k]) for k in r0["params"])
+    # ...and training moved them away from the initialisation
+    torch.manual_seed(42)  # TrainConfig's default seed: the same initialisation as in train()
+    init = build(_mcfg().model_copy(update={"n_items": Dataset(tiny).n_items})).state_dict()
+    assert not torch.equal(init["item_emb.weight"], r0["params"]["item_emb.weight"])
+    assert (out / "model.pt").exists() and (out / "training_curve.png").exists()
+
+
+def test_cli_train_then_evaluate(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from mirec.cli import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {dim: 8, K: 2, max_len: 10}\ntrain: {batch_size: 64, num_negatives: 16, num_threads: 1}\n")
+    r = CliRunner().invoke(app, ["train", "--data", str(tiny), "--model", "comirec_dr", "--out", str(tmp_path / "m"),
+                                 "--config", str(cfg), "--epochs", "1", "--max-steps", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "m" / "model_config.json").read_text())["name"] == "comirec_dr"
+    r = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "m"), "--data", str(tiny),
+                                 "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ev" / "metrics.json").exists() and "recall@50" in r.output
+    bad = CliRunner().invoke(app, ["train", "--data", str(tiny), "--out", str(tmp_path / "x"), "--config", str(cfg),
+                                   "--k", "0"])
+    from mirec.errors import ConfigError
+
+    assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError)  # one-line error, not a traceback
