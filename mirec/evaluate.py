@@ -118,7 +118,8 @@ def evaluate(model, dataset, split: str = "test", aggregator: str = "merge", n_v
             served.append({"user_idx": e.user_idx, "items": [r.item_idx for r in lst],
                            "scores": [r.score for r in lst], "interests": [r.interest for r in lst],
                            "mean_pairwise_cos": d["stats"]["mean_pairwise_cos"],
-                           "interest_norms": d["stats"]["interest_norms"], "history_len": int(len(e.history))})
+                           "interest_norms": d["stats"]["interest_norms"], "history_len": int(len(e.history)),
+                           "history": e.history.tolist()})
     out = {"model": name, "split": split, "aggregator": aggregator, "n_users": len(examples), "metrics": res,
            "served": served}
     if out_dir is not None:

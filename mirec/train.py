@@ -93,6 +93,24 @@ def save_checkpoint(model: MultiInterestModel, out_dir: str | Path, items_src: P
     return out_dir
 
 
+CALIBRATION_FILE = "d_u_calibration.json"
+
+
+def write_diversity_calibration(checkpoint_dir: str | Path, ds: Dataset, target_mean: float = 0.2,
+                                alpha: float = 3.0) -> Path:
+    """Fit the per-user diversity score d_u (mirec.retrieval.diversity) on the train users through the
+    trained model and save it beside the checkpoint, so that the personalised aggregator served from
+    this checkpoint is calibrated (mean d_u = target_mean; defaults from benchmarks/tradeoff.py)."""
+    from mirec.retrieval.diversity import fit_calibration_for, save_calibration
+    from mirec.retrieval.recommender import Recommender
+
+    model, _ = load_model(checkpoint_dir)
+    rec = Recommender(model, items=ds.items, item_popularity=ds.item_popularity)
+    path = Path(checkpoint_dir) / CALIBRATION_FILE
+    save_calibration(fit_calibration_for(rec, ds, target_mean=target_mean, alpha=alpha), path)
+    return path
+
+
 def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultiInterestModel, ModelConfig]:
     d = Path(checkpoint_dir)
     cfg = ModelConfig.model_validate_json((d / MODEL_CONFIG).read_text())
@@ -377,6 +395,7 @@ def train(dataset_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfi
             save_checkpoint(model, out, ds.root / "items.parquet")
         _plot(log, out / CURVE_FILE)
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_diversity_calibration(out, ds)
     if world > 1:
         dist.barrier()
     return TrainResult(out, metrics, model)

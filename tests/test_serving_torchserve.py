@@ -41,10 +41,15 @@ def stack(tmp_path_factory):
     unpacked = root / "b_unpacked"
     with zipfile.ZipFile(root / "pkg" / "model-store" / "mirec_b.mar") as z:
         z.extractall(unpacked)
+    meta = {}
+    for name in ("mirec_a", "mirec_b"):  # the aggregator (default `auto`) and its params travel in the MAR
+        with zipfile.ZipFile(root / "pkg" / "model-store" / f"{name}.mar") as z:
+            m = json.loads(z.read("meta.json"))
+        meta[name] = {"aggregator": m["aggregator"], "aggregator_params": m["aggregator_params"]}
     offline = {
-        "mirec_a": Recommender(model_a, items=items, item_popularity=pop),  # the evaluation path: own flat index
+        "mirec_a": Recommender(model_a, items=items, item_popularity=pop, **meta["mirec_a"]),  # own flat index
         "mirec_b": Recommender(model_b, index=ItemIndex.load(unpacked / "index.faiss"), items=items,
-                               item_popularity=pop),
+                               item_popularity=pop, **meta["mirec_b"]),
     }
     st = LocalStack(root / "pkg", workdir=root / "run", api_port=free_port(), log_path=str(root / "served.jsonl"))
     st.start()

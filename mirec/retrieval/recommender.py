@@ -129,6 +129,10 @@ class Recommender:
             top_m = min(n + extra, self.n_items)
             scores, items, v, aux = self._candidates(hs, top_m)
             for b, i in enumerate(idx):
+                # Each user's pool is their own top-(n + |seen|) per interest, whatever else is in the batch:
+                # diversity aggregators choose from the pool, so a batch-sized pool would make a user's
+                # answer depend on who shares the batch (TorchServe batching must not change answers).
+                m_b = min(n + (len(np.unique(hs[b])) if exclude_seen else 0), self.n_items)
                 ctx = AggregationContext(
                     n=n, item_category=self.item_category,
                     exclude=np.unique(hs[b]) if exclude_seen else np.empty(0, np.int64),
@@ -136,7 +140,7 @@ class Recommender:
                     interest_weights=None if aux is None else aux[b].sum(-1),
                     item_vectors=self.item_vectors, item_popularity=self.item_popularity,
                     diversity=diversity, params=self.aggregator_params)
-                lists[i] = self.aggregator(scores[b], items[b], ctx)
+                lists[i] = self.aggregator(scores[b][:, :m_b], items[b][:, :m_b], ctx)
                 if return_details:
                     details[i] = {"interests": None if v is None else v[b],
                                   "stats": self.interest_stats(v[b]) if v is not None else

@@ -66,7 +66,8 @@ class CandidateSpec(StrictModel):
     items: str | None = None  # items.parquet or a prepared dataset dir; default: <checkpoint>/items.parquet
     metrics: str | None = None  # JSON with the candidate's evaluation; default: <checkpoint>/metrics.json if any
     version: str = "1.0"
-    aggregator: str = "merge"
+    #: auto = the request contract: `diversity` null -> personalised (calibrated d_u), a number -> controllable λ
+    aggregator: str = "auto"
     aggregator_params: dict = Field(default_factory=dict)
     index: IndexSpec = Field(default_factory=IndexSpec)
     workers: int = Field(1, ge=1)
@@ -197,6 +198,9 @@ def _load_candidate(c: CandidateSpec):
         raise MirecError(f"mirec.train is not available ({exc}); cannot read checkpoints") from None
     model, cfg = load_model(ckpt)
     items = c.items or (ckpt / "items.parquet")
+    calibration = ckpt / "d_u_calibration.json"  # written by mirec.train; the personalised aggregator reads it
+    if "d_u_calibration" not in c.aggregator_params and calibration.is_file():
+        c.aggregator_params["d_u_calibration"] = json.loads(calibration.read_text())
     metrics: dict = {}
     if c.metrics:  # `mirec evaluate --out` writes metrics.json
         mpath = Path(c.metrics)
