@@ -36,7 +36,13 @@ def load_yaml_config(cls: type[T], path: str | Path | None, **overrides) -> T:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_config(cls, data, **overrides)
+
+
+def validate_config(cls: type[T], data: dict, **overrides) -> T:
+    """`cls.model_validate(data | overrides)`; a bad value becomes a one-line ConfigError naming the field
+    (the CLI prints it and exits 2) instead of a pydantic traceback. None overrides are ignored."""
+    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

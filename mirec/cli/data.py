@@ -8,9 +8,7 @@ from typing import Optional
 
 import typer
 
-from pydantic import ValidationError
-
-from mirec.config import DataConfig, load_yaml_config
+from mirec.config import DataConfig, load_yaml_config, validate_config
 from mirec.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
@@ -21,12 +19,7 @@ FORMAT_HELP = ("Input format: table (generic CSV/Parquet + --map), movielens-csv
 
 def _config(data: dict) -> DataConfig:
     """DataConfig from CLI values; a bad value is a one-line ConfigError, not a pydantic traceback."""
-    try:
-        return DataConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise ConfigError(f"invalid option for '{where}': {first['msg']}") from None
+    return validate_config(DataConfig, data)
 
 
 def _parse_map(pairs: list[str]) -> dict[str, str]:

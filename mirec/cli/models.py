@@ -59,15 +59,9 @@ def train_cmd(
 
 
 def _validate(cls, data: dict, **overrides):
-    from pydantic import ValidationError
+    from mirec.config import validate_config
 
-    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise ConfigError(f"invalid {cls.__name__} at '{where}': {first['msg']}") from None
+    return validate_config(cls, data, **overrides)
 
 
 def evaluate_cmd(
