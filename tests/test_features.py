@@ -203,19 +203,6 @@ def test_unknown_profile_and_missing_production_env(monkeypatch):
         S.open_store(FeaturesConfig(repo_path=str(REPO), profile="production"))
 
 
-def test_production_profile_needs_its_store_extra(monkeypatch, tmp_path):
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("redis client installed: the missing-extra error cannot happen here")
-    monkeypatch.setenv("MIREC_FEAST_REDIS", "127.0.0.1:1")
-    monkeypatch.setenv("MIREC_FEAST_REGISTRY_URL", f"sqlite:///{tmp_path}/registry.db")
-    with pytest.raises(ConfigError, match=r"redis.*feast\[redis\]"):
-        OnlineHistoryClient(str(REPO), profile="production", store_dir=str(tmp_path))
-
-
 def test_production_registry_block_works(monkeypatch, tmp_path, crafted):
     """The production YAML as shipped, with only the Redis block swapped for SQLite (no Redis here):
     the SQL registry (SQLAlchemy URL from the environment) and DuckDB offline store work end to end."""
