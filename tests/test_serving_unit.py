@@ -211,6 +211,13 @@ def test_api_ab_logging_and_errors(service, tmp_path):
     assert sum(r.fallback == "popularity" for r in recs) == 10 and all(r.history_source == "none" for r in recs[40:])
 
 
+def _fallback_count(metrics_text: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith("mirec_api_feast_fallback_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def test_api_feast_history_and_fallback(service, tmp_path):
     from mirec.serving.api import create_app
 
@@ -226,13 +233,14 @@ def test_api_feast_history_and_fallback(service, tmp_path):
     app = create_app(settings, history_client=history,
                      transport=_fake_torchserve({"mirec_a": service, "mirec_b": service}))
     with TestClient(app) as c:
+        before = _fallback_count(c.get("/metrics").text)  # the counter is process-wide: compare a delta
         ok = c.post("/recommend", json={"user_id": "up", "n": 5}).json()
         assert ok["history_source"] == "feast" and ok["fallback"] is None
         down = c.post("/recommend", json={"user_id": "down", "n": 5}).json()
         assert down["fallback"] == "popularity" and down["history_source"] == "none"
         given = c.post("/recommend", json={"user_id": "up", "history": ["item-4"], "n": 5}).json()
         assert given["history_source"] == "request"
-        assert "mirec_api_feast_fallback_total 1.0" in c.get("/metrics").text
+        assert _fallback_count(c.get("/metrics").text) == before + 1
     assert len(calls) == 2  # a request with its own history does not hit the store
     recs = read_served_log(tmp_path / "served.jsonl")
     assert [r.feast_fallback for r in recs] == [False, True, False]

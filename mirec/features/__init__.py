@@ -3,6 +3,11 @@
 Imports of Feast are lazy: `import mirec.features` stays cheap.
 """
 
+# Import prometheus_client before feast: `import feast` sets PROMETHEUS_MULTIPROC_DIR, and a
+# prometheus_client first imported after that switches the whole process to multiprocess mode
+# (every app's counters in the process then share values).
+import prometheus_client  # noqa: F401,E402
+
 from mirec.features.config import FeaturesConfig
 from mirec.features.online import FeatureStoreUnavailable, HistoryResolution, OnlineHistoryClient, resolve_history
 

@@ -9,6 +9,9 @@ It owns what a real deployment keeps outside the model server:
     counted in `mirec_api_feast_fallback_total`.
   - The served log: one `ServedLog` JSON line per answered request (what monitoring reads).
   - /metrics (Prometheus) and /healthz (TorchServe /ping).
+  - TorchServe token auth: the inference key is read from `torchserve_token_file` at startup; when TorchServe
+    rejects it (400/401 "Token Authorization failed", e.g. after a TorchServe restart made a new key) the
+    file is read again and the request retried once with the new key.
 TorchServe 4xx answers (bad requests) are passed on with their status and message.
 
 Endpoints: POST /recommend (body = RecommendRequest JSON), GET /healthz, GET /metrics.
@@ -41,6 +44,12 @@ HistoryClient = Callable[[list[str]], dict[str, list[str]]]
 
 class FeastUnavailable(RuntimeError):
     pass
+
+
+def is_token_rejection(status: int, text: str) -> bool:
+    """TorchServe 0.12 answers a wrong/expired key with 400 (401 elsewhere) "Token Authorization failed"."""
+    t = text.lower()
+    return status in (400, 401) and "token" in t and ("authoriz" in t or "invalid" in t or "key" in t)
 
 
 def make_history_client(repo_path: str, timeout_ms: int) -> HistoryClient:
@@ -85,6 +94,7 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         token = settings.inference_token()
+        state["token"] = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         state["http"] = httpx.AsyncClient(base_url=settings.torchserve_url, headers=headers, transport=transport,
@@ -98,6 +108,26 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
     app = FastAPI(title="mirec recommendation API", lifespan=lifespan)
     app.state.metrics = metrics
     app.state.settings = settings
+
+    async def _predict(model: str, body: dict, request_id: str) -> httpx.Response:
+        used = state.get("token")
+        r = await state["http"].post(f"/predictions/{model}", json=body, headers={"X-Request-Id": request_id})
+        if settings.torchserve_token_file and is_token_rejection(r.status_code, r.text):
+            # TorchServe restarted with a new key: read the key file again, retry once if the key changed
+            try:
+                new = settings.inference_token()
+            except Exception as exc:  # noqa: BLE001 - unreadable now: answer with TorchServe's rejection
+                log.warning("TorchServe rejected the token and the key file is unreadable: %s", exc)
+                return r
+            if new and new != used:
+                if new != state.get("token"):
+                    log.warning("TorchServe rejected the inference token; using the new key from %s",
+                                settings.torchserve_token_file)
+                state["token"] = new
+                state["http"].headers["Authorization"] = f"Bearer {new}"
+                r = await state["http"].post(f"/predictions/{model}", json=body,
+                                             headers={"X-Request-Id": request_id})
+        return r
 
     async def _lookup_history(user_id: str) -> list[str]:
         fn = state["history"]
@@ -119,15 +149,14 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
         if req.history is None and req.user_id is not None and state["history"] is not None:
             try:
                 req.history = await _lookup_history(req.user_id)
-                history_source = "feast"
+                history_source = "feast" if req.history else "none"  # the resolve_history rule
             except Exception as exc:  # FeatureStoreUnavailable, timeout, anything: serve without it, flagged
                 feast_fallback = True
                 metrics.feast_fallback.inc()
                 log.warning("feast lookup failed for %s: %s", req.user_id, exc)
         body = req.model_dump(mode="json", exclude_none=True)
         try:
-            r = await state["http"].post(f"/predictions/{arm.model}", json=body,
-                                         headers={"X-Request-Id": request_id})
+            r = await _predict(arm.model, body, request_id)
         except httpx.HTTPError as exc:
             metrics.upstream_errors.labels(arm.name).inc()
             metrics.requests.labels(arm.name, "503").inc()
