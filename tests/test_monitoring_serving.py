@@ -7,21 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mirec.serving.testing import in_process_torchserve
 
 pytest.importorskip("fastapi")
-
-
-def _transport(service_by_model):
-    import httpx
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/ping":
-            return httpx.Response(200, json={"status": "Healthy"})
-        model = request.url.path.rsplit("/", 1)[-1]
-        status, body = service_by_model[model].handle_batch([request.content])[0]
-        return httpx.Response(status, json=body)
-
-    return httpx.MockTransport(handler)
 
 
 def _traffic(app, users: int, seed: int) -> None:
@@ -63,7 +51,7 @@ def test_collapsed_arm_flagged_through_the_serving_api(tmp_path):
     def app(log, services):
         settings = ApiSettings(torchserve_url="http://ts", log_path=str(log), experiment=Experiment(
             salt="mon", arms=[Arm(name="A", model="mirec_a"), Arm(name="B", model="mirec_b")]))
-        return create_app(settings, transport=_transport(services))
+        return create_app(settings, transport=in_process_torchserve(services))
 
     healthy = {"mirec_a": service("mirec_a"), "mirec_b": service("mirec_b")}
     _traffic(app(tmp_path / "ref.jsonl", healthy), 200, seed=1)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mirec.serving.testing import in_process_torchserve
 
 pytest.importorskip("fastapi")
 # Before anything imports Feast: `import feast` sets PROMETHEUS_MULTIPROC_DIR, and a prometheus_client first
@@ -62,18 +63,6 @@ def feast_repo(tmp_path_factory):
         yield data, repo, pd.read_parquet(data / "items.parquet")
 
 
-def _transport(services):
-    import httpx
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/ping":
-            return httpx.Response(200, json={"status": "Healthy"})
-        status, body = services[request.url.path.rsplit("/", 1)[-1]].handle_batch([request.content])[0]
-        return httpx.Response(status, json=body)
-
-    return httpx.MockTransport(handler)
-
-
 def _feast_fallbacks(client) -> float:
     m = re.search(r"^mirec_api_feast_fallback_total (\S+)$", client.get("/metrics").text, re.M)
     assert m, "mirec_api_feast_fallback_total missing from /metrics"
@@ -107,7 +96,7 @@ def test_api_history_from_real_feast_and_fallback(feast_repo, tmp_path, monkeypa
     users = list(inter.groupby("user_id").size().sort_values().index[[0, -1]])  # shortest + longest history
     expected = last_items_direct(data, users, L)
 
-    with TestClient(create_app(settings, transport=_transport(services))) as c:  # no history_client: real Feast
+    with TestClient(create_app(settings, transport=in_process_torchserve(services))) as c:  # no history_client: real Feast
         for user in users:
             r = c.post("/recommend", json={"user_id": user, "n": 10})
             assert r.status_code == 200, r.text

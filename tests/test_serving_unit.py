@@ -16,6 +16,7 @@ from mirec.serving.service import BadRequest, RecommendService, parse_request
 from mirec.serving.settings import ApiSettings
 from mirec.serving.testing import assert_same_answer, items_frame, random_histories, tiny_model
 from mirec.serving.tsconfig import ModelServing, ServerSettings, parse_properties, render_config_properties
+from mirec.serving.testing import in_process_torchserve
 
 SPLIT_TOL = 0.015  # 3 sigma of a binomial share at p = 0.5, n = 10,000 (sigma = 0.005)
 
@@ -160,16 +161,6 @@ def test_handler_one_response_per_request(service, monkeypatch):
 
 
 # ---- API against an in-process "TorchServe" ------------------------------------------------------------------
-def _fake_torchserve(service_by_model):
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/ping":
-            return httpx.Response(200, json={"status": "Healthy"})
-        model = request.url.path.rsplit("/", 1)[-1]
-        status, body = service_by_model[model].handle_batch([request.content])[0]
-        return httpx.Response(status, json=body)
-    return httpx.MockTransport(handler)
-
-
 def _settings(tmp_path, **kw):
     return ApiSettings(torchserve_url="http://ts", log_path=str(tmp_path / "served.jsonl"),
                        experiment=Experiment(salt="s1", arms=[Arm(name="A", model="mirec_a"),
@@ -182,7 +173,7 @@ def test_api_ab_logging_and_errors(service, tmp_path):
     settings = _settings(tmp_path)
     svc_b = RecommendService(service.recommender, service.item_ids, service.categories, "mirec_b", "2.0")
     service_a = RecommendService(service.recommender, service.item_ids, service.categories, "mirec_a", "1.0")
-    app = create_app(settings, transport=_fake_torchserve({"mirec_a": service_a, "mirec_b": svc_b}))
+    app = create_app(settings, transport=in_process_torchserve({"mirec_a": service_a, "mirec_b": svc_b}))
     with TestClient(app) as c:
         arms = {}
         for u in range(40):
@@ -231,7 +222,7 @@ def test_api_feast_history_and_fallback(service, tmp_path):
         return {u: ["item-1", "item-2", "item-3"] for u in user_ids}
 
     app = create_app(settings, history_client=history,
-                     transport=_fake_torchserve({"mirec_a": service, "mirec_b": service}))
+                     transport=in_process_torchserve({"mirec_a": service, "mirec_b": service}))
     with TestClient(app) as c:
         before = _fallback_count(c.get("/metrics").text)  # the counter is process-wide: compare a delta
         ok = c.post("/recommend", json={"user_id": "up", "n": 5}).json()

@@ -45,3 +45,19 @@ def assert_same_answer(served: list[dict], offline: list[tuple[str, float, int]]
                 abs(o[1] - a["score"]) < atol and o[0] == a["item_id"] for o in offline), (i, a, b)
         else:
             assert a["interest"] == b[2] or abs(a["score"] - b[1]) < atol, (i, a, b)
+
+
+def in_process_torchserve(service_by_model: dict):
+    """An httpx transport that stands in for TorchServe's inference API (tests and benchmarks only):
+    `/predictions/<model>` goes straight to that model's `RecommendService.handle_batch`, so the API
+    can be driven without the Java process. `/ping` answers healthy."""
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/ping":
+            return httpx.Response(200, json={"status": "Healthy"})
+        model = request.url.path.rsplit("/", 1)[-1]
+        status, body = service_by_model[model].handle_batch([request.content])[0]
+        return httpx.Response(status, json=body)
+
+    return httpx.MockTransport(handler)
