@@ -27,7 +27,6 @@ GPU (`amp="bf16"` forces it on CPU too, the CPU-testable twin).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time

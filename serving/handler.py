@@ -41,9 +41,10 @@ class MirecHandler(BaseHandler):
         history_client = None
         repo = os.environ.get("MIREC_FEAST_REPO")
         if repo:  # optional: the API normally resolves histories; a handler-side store is opt-in
-            from mirec.serving.api import make_history_client
+            from mirec.features.online import OnlineHistoryClient
 
-            history_client = make_history_client(repo, int(os.environ.get("MIREC_FEAST_TIMEOUT_MS", "50")))
+            history_client = OnlineHistoryClient(repo, timeout_ms=int(os.environ.get("MIREC_FEAST_TIMEOUT_MS", "50"))
+                                                 ).recent_items
         self.service = RecommendService.load(model_dir, model_name=context.model_name, device=device,
                                              history_client=history_client)
         import mirec

@@ -11,7 +11,7 @@ from mirec import metrics as M
 from mirec.config import DataConfig, SynthConfig
 from mirec.data import Dataset, prepare
 from mirec.evaluate import evaluate, markdown_table
-from mirec.models import ModelConfig, Popularity, build, fit_baseline
+from mirec.models import ModelConfig, build, fit_baseline
 from mirec.retrieval.recommender import Recommender
 from mirec.train import save_checkpoint
 

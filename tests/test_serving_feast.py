@@ -19,7 +19,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from mirec.serving.testing import in_process_torchserve

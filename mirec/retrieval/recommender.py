@@ -125,17 +125,17 @@ class Recommender:
         for s in range(0, len(nonempty), self.batch_size):
             idx = nonempty[s: s + self.batch_size]
             hs = [histories[i] for i in idx]
-            extra = max(len(np.unique(h)) for h in hs) if exclude_seen else 0
-            top_m = min(n + extra, self.n_items)
+            seen = [np.unique(h) if exclude_seen else np.empty(0, np.int64) for h in hs]
+            top_m = min(n + max(len(x) for x in seen), self.n_items)
             scores, items, v, aux = self._candidates(hs, top_m)
             for b, i in enumerate(idx):
                 # Each user's pool is their own top-(n + |seen|) per interest, whatever else is in the batch:
                 # diversity aggregators choose from the pool, so a batch-sized pool would make a user's
                 # answer depend on who shares the batch (TorchServe batching must not change answers).
-                m_b = min(n + (len(np.unique(hs[b])) if exclude_seen else 0), self.n_items)
+                m_b = min(n + len(seen[b]), self.n_items)
                 ctx = AggregationContext(
                     n=n, item_category=self.item_category,
-                    exclude=np.unique(hs[b]) if exclude_seen else np.empty(0, np.int64),
+                    exclude=seen[b],
                     history=hs[b], interests=None if v is None else v[b],
                     interest_weights=None if aux is None else aux[b].sum(-1),
                     item_vectors=self.item_vectors, item_popularity=self.item_popularity,

@@ -42,26 +42,10 @@ log = logging.getLogger(__name__)
 HistoryClient = Callable[[list[str]], dict[str, list[str]]]
 
 
-class FeastUnavailable(RuntimeError):
-    pass
-
-
 def is_token_rejection(status: int, text: str) -> bool:
     """TorchServe 0.12 answers a wrong/expired key with 400 (401 elsewhere) "Token Authorization failed"."""
     t = text.lower()
     return status in (400, 401) and "token" in t and ("authoriz" in t or "invalid" in t or "key" in t)
-
-
-def make_history_client(repo_path: str, timeout_ms: int) -> HistoryClient:
-    """A callable user_ids -> {user_id: [item ids]} over Feast; raises on an unavailable store."""
-    try:
-        from mirec.features.online import OnlineHistoryClient
-    except ImportError as exc:  # feature code missing in this build: every lookup falls back
-        def missing(user_ids):
-            raise FeastUnavailable(f"mirec.features.online unavailable: {exc}")
-        return missing
-    client = OnlineHistoryClient(repo_path, timeout_ms=timeout_ms)
-    return client.recent_items
 
 
 class Metrics:
@@ -100,7 +84,10 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
         state["http"] = httpx.AsyncClient(base_url=settings.torchserve_url, headers=headers, transport=transport,
                                           timeout=settings.timeout_ms / 1000.0, limits=limits)
         if state["history"] is None and settings.feast.repo_path:
-            state["history"] = make_history_client(settings.feast.repo_path, settings.feast.timeout_ms)
+            from mirec.features.online import OnlineHistoryClient  # Feast is heavy: only when configured
+
+            state["history"] = OnlineHistoryClient(settings.feast.repo_path,
+                                                   timeout_ms=settings.feast.timeout_ms).recent_items
         yield
         await state["http"].aclose()
         writer.close()
