@@ -13,12 +13,15 @@ code (no-archive format, so the 10^6 index is not zipped), then measured three w
   stack       HTTP POST to the recommendation API (A/B, served log) -> TorchServe (the whole stack)
 Concurrency c = c client threads, each sending its next request when the previous one returns. The three
 paths run in interleaved rounds (--rounds) with everything loaded, so background load hits them alike.
-Thread settings: MIREC_THREADS=1 (torch + FAISS intra-op threads) in the worker and in-process.
+Thread settings: MIREC_THREADS=--threads (torch + FAISS intra-op threads, default 1) in the worker and in-process.
+Per path, the CPU time each process spent per request is recorded too (`cpu_ms_per_req`: client, API, TorchServe's
+Java frontend, its Python worker): the decomposition of where the stack's overhead goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -37,8 +40,8 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mirec.serving.packaging import IndexSpec, build_mar, stage_candidate  # noqa: E402
-from mirec.serving.service import RecommendService, configure_threads  # noqa: E402
+from mirec.serving.packaging import IndexSpec, build_mar, copy_mirec_code, stage_candidate  # noqa: E402
+from mirec.serving.service import RecommendService, configure_threads, freeze_loaded_objects  # noqa: E402
 from mirec.serving.torchserve import TorchServeProcess, free_port  # noqa: E402
 from mirec.serving.tsconfig import ModelServing  # noqa: E402
 
@@ -108,16 +111,58 @@ def summarize(lat: list[float], wall: float, errors: list[str]) -> dict:
 
 
 def http_caller(url: str):
+    """POST callable over one keep-alive `http.client` connection per client thread. The stdlib client costs
+    ~0.1 ms per call here (`requests` ~0.5 ms), so the client's own overhead stays out of the comparison with
+    the in-process call; the body is read in full but not parsed."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
     local = threading.local()
+    headers = {"Content-Type": "application/json"}
 
     def call(p: bytes):
-        s = getattr(local, "s", None)
-        if s is None:
-            s = local.s = requests.Session()
-        r = s.post(url, data=p, headers={"Content-Type": "application/json"})
-        if r.status_code != 200:
-            raise RuntimeError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
+        for attempt in (0, 1):  # one reconnect: the server may close an idle keep-alive connection
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+            try:
+                conn.request("POST", u.path, body=p, headers=headers)
+                r = conn.getresponse()
+                body = r.read()
+                break
+            except (ConnectionError, http.client.HTTPException):
+                conn.close()
+                local.conn = None
+                if attempt:
+                    raise
+        if r.status != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status} {body[:200]!r}")
     return call
+
+
+def stack_processes(ts: TorchServeProcess, api: subprocess.Popen) -> dict:
+    """The processes whose CPU time is accounted: this one (client + in-process), the API, Java, the worker."""
+    import psutil
+
+    out = {"client": psutil.Process(), "api": psutil.Process(api.pid)}
+    for p in [psutil.Process(ts.proc.pid), *psutil.Process(ts.proc.pid).children(recursive=True)]:
+        cmd = " ".join(p.cmdline())
+        if "model_service_worker" in cmd:
+            out["ts_worker"] = p
+        elif "java" in p.name() or "org.pytorch.serve.ModelServer" in cmd:
+            out["ts_java"] = p
+    return out
+
+
+def cpu_seconds(procs: dict) -> dict[str, float]:
+    out = {}
+    for k, p in procs.items():
+        try:
+            t = p.cpu_times()
+            out[k] = t.user + t.system
+        except Exception:  # noqa: BLE001 - a process that ended is not accounted
+            out[k] = 0.0
+    return out
 
 
 def start_api(ts_url: str, model: str, workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -147,12 +192,13 @@ def start_api(ts_url: str, model: str, workdir: Path) -> tuple[subprocess.Popen,
 
 def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, workdir: Path, hnsw_efc: int,
              batch_delay_ms: int, cache_dir: Path | None = None, batch_size: int = 8,
-             rounds: int = 4) -> list[dict]:
+             rounds: int = 4, warmup: int = 200, threads: int = 1) -> list[dict]:
     name = f"bench_{kind}_{n_items}"
     t0 = time.perf_counter()
     stage = (cache_dir or workdir / "stage") / f"{name}_efc{hnsw_efc}"
     if (stage / "meta.json").exists():  # --cache-dir: reuse a staged model + index (skip the 10^6 HNSW build)
         meta = json.loads((stage / "meta.json").read_text())
+        copy_mirec_code(stage)  # the cached index and weights are reused; the handler's code is this checkout's
         print(f"[{name}] reusing staged package {stage}", flush=True)
     else:
         model, cfg, items = synth(n_items)
@@ -166,9 +212,10 @@ def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, w
     print(f"[{name}] packaged in {package_s:.1f}s (index build {meta['index']['build_s']}s)", flush=True)
 
     payloads = bodies(n_requests, n_items)
-    warm = bodies(20, n_items, seed=7)
-    configure_threads(1)
+    warm = bodies(warmup, n_items, seed=7)
+    configure_threads(threads)
     svc = RecommendService.load(stage, device="cpu")
+    freeze_loaded_objects()  # as the handler does after loading: the lower bound gets the same treatment
     ts = TorchServeProcess(store, [ModelServing(name=name, version="bench", mar=name, workers=1, batch_size=batch_size,
                                                 max_batch_delay_ms=batch_delay_ms, response_timeout_s=120)],
                            workdir / f"ts-{name}", vmargs="-Xmx1g -XX:+UseSerialGC")
@@ -180,6 +227,7 @@ def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, w
         paths = {"inproc": lambda p: svc.handle_batch([p]),
                  "torchserve": http_caller(f"{ts.inference_url}/predictions/{name}"),
                  "stack": http_caller(f"{api_url}/recommend")}
+        procs = stack_processes(ts, api)
         for call in paths.values():
             for p in warm:
                 call(p)
@@ -189,11 +237,15 @@ def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, w
             part = [payloads[i] for i in chunk]
             for path, call in paths.items():
                 for c in concurrency:
+                    cpu0 = cpu_seconds(procs)
                     lat, wall, errs = measure_raw(call, part, c)
-                    a = acc.setdefault((path, c), [[], 0.0, []])
+                    cpu1 = cpu_seconds(procs)
+                    a = acc.setdefault((path, c), [[], 0.0, [], {}])
                     a[0] += lat
                     a[1] += wall
                     a[2] += errs
+                    for k in cpu1:
+                        a[3][k] = a[3].get(k, 0.0) + cpu1[k] - cpu0[k]
             print(f"[{name}] round {r_i + 1}/{rounds} done (load {os.getloadavg()[0]:.2f})", flush=True)
     finally:
         if api is not None:
@@ -202,8 +254,9 @@ def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, w
         ts.stop()
     del svc
     rows = []
-    for (path, c), (lat, wall, errs) in acc.items():
-        rows.append({"path": path, "concurrency": c, **summarize(lat, wall, errs)})
+    for (path, c), (lat, wall, errs, cpu) in acc.items():
+        rows.append({"path": path, "concurrency": c, **summarize(lat, wall, errs),
+                     "cpu_ms_per_req": {k: round(v * 1000 / max(len(lat), 1), 3) for k, v in cpu.items()}})
         print(f"[{name}] {path} c={c}: {rows[-1]}", flush=True)
     for r in rows:
         r.update({"loadavg_1m_end": round(os.getloadavg()[0], 2), "ts_batch_size": batch_size,
@@ -228,12 +281,15 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict], rat: list[dict]) -> str:
-    lines = ["| items | index | c | path | p50 ms | p99 ms | req/s | p50 × | p99 × |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| items | index | c | path | p50 ms | p99 ms | req/s | p50 × | p99 × | CPU ms/req client · API · Java · worker |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     rk = {(x["items"], x["index"], x["concurrency"], x["path"]): x for x in rat}
     for r in rows:
         x = rk.get((r["items"], r["index"], r["concurrency"], r["path"]), {})
+        c = r.get("cpu_ms_per_req", {})
+        cpu = " · ".join(f"{c.get(k, 0):.2f}" for k in ("client", "api", "ts_java", "ts_worker"))
         lines.append(f"| {r['items']:,} | {r['index']} | {r['concurrency']} | {r['path']} | {r['p50_ms']} | "
-                     f"{r['p99_ms']} | {r['throughput_rps']} | {x.get('p50_ratio', '')} | {x.get('p99_ratio', '')} |")
+                     f"{r['p99_ms']} | {r['throughput_rps']} | {x.get('p50_ratio', '')} | {x.get('p99_ratio', '')} | {cpu} |")
     return "\n".join(lines)
 
 
@@ -247,11 +303,15 @@ def main() -> None:
     ap.add_argument("--max-batch-delay-ms", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size (1 = no batching wait)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds over the three paths")
+    ap.add_argument("--threads", type=int, default=1, help="MIREC_THREADS for the worker and the in-process call")
+    ap.add_argument("--warmup", type=int, default=200,
+                    help="requests per path before measuring (the JVM compiles TorchServe's hot path meanwhile)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
     ap.add_argument("--quick", action="store_true", help="10^4 items, 100 requests (smoke)")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="keep staged packages here and reuse them on the next run (the 10^6 HNSW build is slow)")
     a = ap.parse_args()
+    os.environ["MIREC_THREADS"] = str(a.threads)  # inherited by TorchServe's worker
     if a.quick:
         a.items, a.requests = [10_000], 100
     rows: list[dict] = []
@@ -259,7 +319,7 @@ def main() -> None:
         for n in a.items:
             for kind in a.index:
                 rows += run_case(n, kind, a.concurrency, a.requests, Path(tmp), a.hnsw_ef_construction,
-                                 a.max_batch_delay_ms, a.cache_dir, a.batch_size, a.rounds)
+                                 a.max_batch_delay_ms, a.cache_dir, a.batch_size, a.rounds, a.warmup, a.threads)
                 write(a, rows)  # partial results survive a later failure
     print(markdown(rows, ratios(rows)))
     print(f"wrote {a.out}")
@@ -272,7 +332,7 @@ def write(a, rows: list[dict]) -> None:
                            "requests": a.requests, "hnsw": {"M": 32, "ef_search": 128,
                                                             "ef_construction": a.hnsw_ef_construction},
                            "torchserve": {"workers": 1, "batch_size": a.batch_size, "max_batch_delay_ms": a.max_batch_delay_ms},
-                           "threads": 1, "model": "random-init comirec_sa (registry), synthetic items"},
+                           "threads": a.threads, "model": "random-init comirec_sa (registry), synthetic items"},
               "rows": rows, "ratios": rat, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))

@@ -769,7 +769,7 @@ def deploy(package_dir: str | Path, out_dir: str | Path, experiment_split: float
         for a in arms:
             a["weight"] = round(1.0 / len(arms), 6)
     models = [{"name": p["model_name"], "marFile": p["mar"], "version": p["version"], "minWorkers": 1,
-               "maxWorkers": 1, "batchSize": 8, "maxBatchDelayMs": 20, "responseTimeoutS": 30}
+               "maxWorkers": 1, "batchSize": 8, "maxBatchDelayMs": 1, "responseTimeoutS": 30}
               for _, p in sorted(shipped.items())]
     values: dict = {"torchserve": {"models": models}, "api": {"settings": {"experiment": {"arms": arms}}}}
     if mar_base_url:

@@ -11,14 +11,24 @@ the other requests of the batch are answered normally and the worker keeps servi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 
+import orjson
 from ts.torch_handler.base_handler import BaseHandler
 
 logger = logging.getLogger(__name__)
+
+
+class DropPerRequestBackendLog(logging.Filter):
+    """TorchServe's worker logs "Backend received inference at: <time>" at INFO on the root logger for every
+    request, and the Java frontend reads and re-logs every line the worker prints. It says nothing the
+    frontend's access log does not; drop it. Everything else stays, incl. the [METRICS] lines the frontend
+    turns into Prometheus metrics."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Backend received inference"))
 
 
 class MirecHandler(BaseHandler):
@@ -31,7 +41,7 @@ class MirecHandler(BaseHandler):
         model_dir = props.get("model_dir")
         if model_dir and model_dir not in sys.path:
             sys.path.insert(0, model_dir)  # the `mirec` code packaged in the MAR
-        from mirec.serving.service import RecommendService, configure_threads
+        from mirec.serving.service import RecommendService, configure_threads, freeze_loaded_objects
 
         threads = configure_threads()
         gpu = props.get("gpu_id")
@@ -51,6 +61,8 @@ class MirecHandler(BaseHandler):
 
         logger.info("mirec handler ready: model=%s version=%s device=%s threads=%d code=%s",
                     self.service.model_name, self.service.version, device, threads, mirec.__file__)
+        logging.getLogger().addFilter(DropPerRequestBackendLog())
+        freeze_loaded_objects()
         self.initialized = True
 
     def handle(self, data, context):
@@ -63,7 +75,7 @@ class MirecHandler(BaseHandler):
             if status != 200:
                 context.set_response_status(status, payload.get("error", "error")[:200], idx)
             context.set_response_content_type(idx, "application/json")
-            out.append(json.dumps(payload))
+            out.append(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
         return out
 
 

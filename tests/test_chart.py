@@ -476,7 +476,7 @@ def test_torchserve_model_snapshot_and_gpu(helm):
     assert snap["modelCount"] == 2 and set(snap["models"]) == {"mirec_a", "mirec_b"}
     a = snap["models"]["mirec_a"]["1.0"]
     assert (a["marName"], a["minWorkers"], a["maxWorkers"], a["batchSize"], a["maxBatchDelay"]) == \
-        ("mirec_a.mar", 2, 4, 32, 10)
+        ("mirec_a.mar", 2, 4, 32, 2)
     assert props["number_of_gpu"] == "0"
     pod = pod_spec(one(docs, "Deployment", f"{FULL}-serving"))
     assert [c["name"] for c in pod["initContainers"]] == ["prepare-log-dir", "fetch-models"]
@@ -715,6 +715,7 @@ def test_rendered_torchserve_config_runs_with_token_auth(helm, tmp_path):
     docs = render(helm, "default")
     config = configmap_file(docs, f"{FULL}-torchserve", "config.properties")
     ping = configmap_file(docs, f"{FULL}-torchserve", "ping.py")
+    (tmp_path / "log4j2.xml").write_text(configmap_file(docs, f"{FULL}-torchserve", "log4j2.xml"))
     store, work, tmp, logs = (tmp_path / n for n in ("store", "work", "tmp", "logs"))
     for d in (store, work, tmp, logs):
         d.mkdir()
@@ -736,6 +737,7 @@ def test_rendered_torchserve_config_runs_with_token_auth(helm, tmp_path):
     env = {**os.environ, "TEMP": str(tmp), "TMPDIR": str(tmp), "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs),
            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen([str(torchserve), "--foreground", "--ts-config", str(tmp_path / "config.properties"),
+                             "--log-config", str(tmp_path / "log4j2.xml"),
                              "--model-store", str(store), "--ncs"], cwd=work, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     inf, mgmt, met = (f"http://127.0.0.1:{ports[p]}" for p in (8080, 8081, 8082))
@@ -769,7 +771,7 @@ def test_rendered_torchserve_config_runs_with_token_auth(helm, tmp_path):
         code, body = _http(f"{mgmt}/models/mirec_b", management_key)
         assert code == 200, body
         desc = json.loads(body)[0]
-        assert (desc["batchSize"], desc["maxBatchDelay"], desc["minWorkers"]) == (8, 20, 1)
+        assert (desc["batchSize"], desc["maxBatchDelay"], desc["minWorkers"]) == (8, 1, 1)
         code, body = _http(f"{mgmt}/models/mirec_a")
         assert code == 400 and "InvalidKeyException" in body, "management API must need the token"
         code, metrics = _http(f"{met}/metrics")
@@ -790,3 +792,24 @@ def test_rendered_torchserve_config_runs_with_token_auth(helm, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # Java frontend and Python workers share the group
         except ProcessLookupError:
             pass
+
+
+def test_torchserve_log_config_is_mirecs(helm):
+    """The chart's log4j2.xml is the one mirec generates (per-request frontend loggers at WARN, access log
+    off unless asked for) and the TorchServe container is started with it."""
+    import xml.etree.ElementTree as ET
+
+    from mirec.serving.tsconfig import PER_REQUEST_LOGGERS, render_log4j2
+
+    assert (CHART / "files" / "log4j2.xml").read_text() == render_log4j2()
+    for access_log in (False, True):
+        out = _helm(helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--skip-tests",
+                    "--set", f"torchserve.accessLog={str(access_log).lower()}").stdout
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        xml = configmap_file(docs, f"{FULL}-torchserve", "log4j2.xml")
+        levels = {e.get("name"): e.get("level") for e in ET.fromstring(xml).iter("Logger")}
+        assert levels["ACCESS_LOG"] == ("info" if access_log else "warn")
+        assert all(levels[n] == "warn" for n in PER_REQUEST_LOGGERS)
+        args = next(c for d in docs if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]
+                    if c["name"] == "torchserve")["args"]
+        assert args[args.index("--log-config") + 1] == "/etc/torchserve/log4j2.xml"

@@ -1,13 +1,13 @@
 """Monitoring driven by the real serving code: the recommendation API (`mirec.serving.api.create_app`, A/B
 assignment, ServedLog writer) in front of `RecommendService` (the TorchServe handler's code), with the
-TorchServe HTTP hop replaced by an in-process httpx transport. Arm B's model is then collapsed (all K
+TorchServe HTTP hop replaced by an in-process stand-in (`InProcessTorchServe`). Arm B's model is then collapsed (all K
 interests equal) and the monitor must flag B, not A."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from mirec.serving.testing import in_process_torchserve
+from mirec.serving.testing import InProcessTorchServe
 
 pytest.importorskip("fastapi")
 
@@ -51,7 +51,7 @@ def test_collapsed_arm_flagged_through_the_serving_api(tmp_path):
     def app(log, services):
         settings = ApiSettings(torchserve_url="http://ts", log_path=str(log), experiment=Experiment(
             salt="mon", arms=[Arm(name="A", model="mirec_a"), Arm(name="B", model="mirec_b")]))
-        return create_app(settings, transport=in_process_torchserve(services))
+        return create_app(settings, upstream=InProcessTorchServe(services))
 
     healthy = {"mirec_a": service("mirec_a"), "mirec_b": service("mirec_b")}
     _traffic(app(tmp_path / "ref.jsonl", healthy), 200, seed=1)

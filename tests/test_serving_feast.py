@@ -3,7 +3,7 @@
 A small synthetic dataset is prepared, a copy of `feature_repo/` is applied and materialized (DuckDB offline,
 SQLite online, as in tests/test_features.py), and the API (`mirec.serving.api.create_app`, settings with
 `feast.repo_path` = that copy) is driven with FastAPI's TestClient. TorchServe's HTTP hop is replaced by an
-in-process httpx transport in front of `RecommendService` (the handler's code), as in
+in-process stand-in for TorchServe (`InProcessTorchServe`) in front of `RecommendService` (the handler's code), as in
 tests/test_monitoring_serving.py. Checked: user_id-only request -> history from Feast, answer == offline
 Recommender on the user's last-L items from Parquet; unknown user -> popularity; locked online store ->
 still answered fast, flagged, counted in /metrics.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mirec.serving.testing import in_process_torchserve
+from mirec.serving.testing import InProcessTorchServe
 
 pytest.importorskip("fastapi")
 # Before anything imports Feast: `import feast` sets PROMETHEUS_MULTIPROC_DIR, and a prometheus_client first
@@ -95,7 +95,7 @@ def test_api_history_from_real_feast_and_fallback(feast_repo, tmp_path, monkeypa
     users = list(inter.groupby("user_id").size().sort_values().index[[0, -1]])  # shortest + longest history
     expected = last_items_direct(data, users, L)
 
-    with TestClient(create_app(settings, transport=in_process_torchserve(services))) as c:  # no history_client: real Feast
+    with TestClient(create_app(settings, upstream=InProcessTorchServe(services))) as c:  # no history_client: real Feast
         for user in users:
             r = c.post("/recommend", json={"user_id": user, "n": 10})
             assert r.status_code == 200, r.text

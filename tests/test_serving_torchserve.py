@@ -145,6 +145,11 @@ def test_batching_one_response_per_request(stack):
             assert_same_answer(r.json()["items"], _offline(stack, "mirec_a", h, 10))
     log = (stack.ts.log_dir / "model_log.log").read_text()
     assert "mirec batch of" in log  # TorchServe did hand the handler more than one request at once
+    # mirec's logging is in force: no per-request lines from the frontend or the worker
+    assert "Backend received inference" not in log
+    ts_log = (stack.ts.log_dir / "ts_log.log").read_text()
+    assert "Backend response time" not in ts_log and "Sending response for jobId" not in ts_log
+    assert "Model server started" in (stack.ts.log_dir / "torchserve.stdout").read_text()
 
 
 def test_served_log_and_metrics(stack):

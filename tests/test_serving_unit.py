@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,7 +15,7 @@ from mirec.serving.service import BadRequest, RecommendService, parse_request
 from mirec.serving.settings import ApiSettings
 from mirec.serving.testing import assert_same_answer, items_frame, random_histories, tiny_model
 from mirec.serving.tsconfig import ModelServing, ServerSettings, parse_properties, render_config_properties
-from mirec.serving.testing import in_process_torchserve
+from mirec.serving.testing import InProcessTorchServe
 
 SPLIT_TOL = 0.015  # 3 sigma of a binomial share at p = 0.5, n = 10,000 (sigma = 0.005)
 
@@ -62,6 +61,26 @@ def test_config_properties_profiles():
     ks = parse_properties(render_config_properties(models, ServerSettings(profile="kserve")))
     assert ks["inference_address"] == "http://0.0.0.0:8085" and ks["model_store"] == "/mnt/models/model-store"
     assert ks["management_address"].startswith("http://127.0.0.1:") and "disable_token_authorization" not in ks
+    assert ks["vmargs"] == "-Dlog4j.configurationFile=file:///mnt/models/config/log4j2.xml"
+
+
+def test_log4j2_config_quietens_per_request_lines(tmp_path):
+    """TorchServe's default frontend logging writes ~8 lines per request (each twice into ts_log.log);
+    mirec's keeps TorchServe's files but puts the per-request loggers at WARN."""
+    import xml.etree.ElementTree as ET
+
+    from mirec.serving.packaging import write_server_config
+    from mirec.serving.tsconfig import PER_REQUEST_LOGGERS, render_log4j2
+
+    root = ET.fromstring(render_log4j2())
+    levels = {e.get("name"): e.get("level") for e in root.iter("Logger")}
+    assert all(levels[n] == "warn" for n in PER_REQUEST_LOGGERS) and levels["ACCESS_LOG"] == "warn"
+    assert levels["MODEL_LOG"] == "info"  # the handler's own log lines stay
+    assert {a.get("name") for a in root.iter("RollingFile")} == {"access_log", "model_log", "model_metrics",
+                                                                  "ts_log", "ts_metrics"}
+    assert ET.fromstring(render_log4j2(access_log=True)).find(".//Logger[@name='ACCESS_LOG']").get("level") == "info"
+    cfg = write_server_config(tmp_path, [ModelServing(name="a", mar="a.mar")], ServerSettings())
+    assert (cfg.parent / "log4j2.xml").read_text() == render_log4j2()
 
 
 # ---- request validation ---------------------------------------------------------------------------------
@@ -173,7 +192,7 @@ def test_api_ab_logging_and_errors(service, tmp_path):
     settings = _settings(tmp_path)
     svc_b = RecommendService(service.recommender, service.item_ids, service.categories, "mirec_b", "2.0")
     service_a = RecommendService(service.recommender, service.item_ids, service.categories, "mirec_a", "1.0")
-    app = create_app(settings, transport=in_process_torchserve({"mirec_a": service_a, "mirec_b": svc_b}))
+    app = create_app(settings, upstream=InProcessTorchServe({"mirec_a": service_a, "mirec_b": svc_b}))
     with TestClient(app) as c:
         arms = {}
         for u in range(40):
@@ -222,7 +241,7 @@ def test_api_feast_history_and_fallback(service, tmp_path):
         return {u: ["item-1", "item-2", "item-3"] for u in user_ids}
 
     app = create_app(settings, history_client=history,
-                     transport=in_process_torchserve({"mirec_a": service, "mirec_b": service}))
+                     upstream=InProcessTorchServe({"mirec_a": service, "mirec_b": service}))
     with TestClient(app) as c:
         before = _fallback_count(c.get("/metrics").text)  # the counter is process-wide: compare a delta
         ok = c.post("/recommend", json={"user_id": "up", "n": 5}).json()
@@ -240,9 +259,7 @@ def test_api_feast_history_and_fallback(service, tmp_path):
 def test_api_upstream_down(tmp_path):
     from mirec.serving.api import create_app
 
-    def refuse(request):
-        raise httpx.ConnectError("refused")
-    with TestClient(create_app(_settings(tmp_path), transport=httpx.MockTransport(refuse))) as c:
+    with TestClient(create_app(_settings(tmp_path), upstream=InProcessTorchServe({}, refuse=True))) as c:
         r = c.post("/recommend", json={"user_id": "u", "n": 5})
         assert r.status_code == 503 and "unavailable" in r.json()["error"]
         assert c.get("/healthz").status_code == 503

@@ -30,7 +30,7 @@ def package_cmd(
                                 "production (token auth on) | kserve."),
     workers: int = typer.Option(1, min=1, help="Workers per model."),
     batch_size: int = typer.Option(8, min=1, help="TorchServe batch size per model."),
-    max_batch_delay_ms: int = typer.Option(2, min=0, help="TorchServe max batch delay (ms)."),
+    max_batch_delay_ms: int = typer.Option(1, min=0, help="TorchServe max batch delay (ms): how long a batch waits to fill."),
     archive_format: str = typer.Option("default", help="default (.mar) | no-archive (a folder; faster for big indexes)."),
 ) -> None:
     """Package trained candidates as TorchServe MARs (+ config.properties) for TorchServe / KServe."""

@@ -26,16 +26,17 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Callable
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import ValidationError
 
 from mirec.serving.ab import assign
 from mirec.serving.logwriter import ServedLogWriter
-from mirec.serving.schema import InterestStats, RecommendResponse, ServedLog
-from mirec.serving.service import BadRequest, error_body, parse_request
+from mirec.serving.schema import HandlerAnswer, RecommendResponse, ServedLog
+from mirec.serving.service import BadRequest, error_body, freeze_loaded_objects, parse_request
 from mirec.serving.settings import ApiSettings
+from mirec.serving.upstream import ModelServer, TorchServeClient, UpstreamReply, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,17 @@ def is_token_rejection(status: int, text: str) -> bool:
     """TorchServe 0.12 answers a wrong/expired key with 400 (401 elsewhere) "Token Authorization failed"."""
     t = text.lower()
     return status in (400, 401) and "token" in t and ("authoriz" in t or "invalid" in t or "key" in t)
+
+
+def upstream_error_message(reply: UpstreamReply) -> str:
+    """TorchServe's error body is JSON ({"code", "type", "message"}) or the handler's {"error"}; else text."""
+    try:
+        import orjson
+
+        payload = orjson.loads(reply.body)
+        return str(payload.get("error") or payload.get("message") or reply.text)
+    except (ValueError, AttributeError):
+        return reply.text
 
 
 class Metrics:
@@ -69,37 +81,40 @@ class Metrics:
 
 
 def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = None,
-               transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """Build the app. `history_client` overrides the Feast client (tests); `transport` the HTTP transport."""
+               upstream: ModelServer | None = None) -> FastAPI:
+    """Build the app. `history_client` overrides the Feast client (tests); `upstream` the TorchServe client
+    (tests pass `mirec.serving.testing.InProcessTorchServe`)."""
+    import orjson
+
     metrics = Metrics()
     writer = ServedLogWriter(settings.log_path)
     state: dict = {"history": history_client}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        token = settings.inference_token()
-        state["token"] = token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        state["http"] = httpx.AsyncClient(base_url=settings.torchserve_url, headers=headers, transport=transport,
-                                          timeout=settings.timeout_ms / 1000.0, limits=limits)
+        server = upstream or TorchServeClient(settings.torchserve_url, timeout_s=settings.timeout_ms / 1000.0)
+        server.token = settings.inference_token()
+        await server.start()
+        state["server"] = server
         if state["history"] is None and settings.feast.repo_path:
             from mirec.features.online import OnlineHistoryClient  # Feast is heavy: only when configured
 
             state["history"] = OnlineHistoryClient(settings.feast.repo_path,
                                                    timeout_ms=settings.feast.timeout_ms).recent_items
+        freeze_loaded_objects()  # modules, app and clients live as long as the process: keep them out of GC passes
         yield
-        await state["http"].aclose()
+        await server.close()
         writer.close()
 
     app = FastAPI(title="mirec recommendation API", lifespan=lifespan)
     app.state.metrics = metrics
     app.state.settings = settings
 
-    async def _predict(model: str, body: dict, request_id: str) -> httpx.Response:
-        used = state.get("token")
-        r = await state["http"].post(f"/predictions/{model}", json=body, headers={"X-Request-Id": request_id})
-        if settings.torchserve_token_file and is_token_rejection(r.status_code, r.text):
+    async def _predict(model: str, body: bytes, request_id: str) -> UpstreamReply:
+        server: ModelServer = state["server"]
+        used = server.token
+        r = await server.predict(model, body, request_id)
+        if settings.torchserve_token_file and is_token_rejection(r.status, r.text):
             # TorchServe restarted with a new key: read the key file again, retry once if the key changed
             try:
                 new = settings.inference_token()
@@ -107,13 +122,11 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
                 log.warning("TorchServe rejected the token and the key file is unreadable: %s", exc)
                 return r
             if new and new != used:
-                if new != state.get("token"):
+                if new != server.token:
                     log.warning("TorchServe rejected the inference token; using the new key from %s",
                                 settings.torchserve_token_file)
-                state["token"] = new
-                state["http"].headers["Authorization"] = f"Bearer {new}"
-                r = await state["http"].post(f"/predictions/{model}", json=body,
-                                             headers={"X-Request-Id": request_id})
+                server.token = new
+                r = await server.predict(model, body, request_id)
         return r
 
     async def _lookup_history(user_id: str) -> list[str]:
@@ -122,17 +135,22 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
         res = await asyncio.wait_for(asyncio.to_thread(fn, [user_id]), timeout)
         return list(res.get(user_id) or [])
 
+    def _error(status: int, message: str, arm: str = "none") -> Response:
+        metrics.requests.labels(arm, str(status)).inc()
+        return Response(orjson.dumps(error_body(message, status)), status_code=status, media_type="application/json")
+
     @app.post("/recommend")
     async def recommend(request: Request):
         t0 = time.perf_counter()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        raw = await request.body()
         try:
-            req = parse_request(await request.body())
+            req = parse_request(raw)
         except BadRequest as exc:
-            metrics.requests.labels("none", str(exc.status)).inc()
-            return JSONResponse(error_body(exc.message, exc.status), status_code=exc.status)
+            return _error(exc.status, exc.message)
         arm = assign(req.user_id, settings.experiment)
         history_source, feast_fallback = None, False
+        forward = raw  # the client's request goes to TorchServe as it came unless a history is added here
         if req.history is None and req.user_id is not None and state["history"] is not None:
             try:
                 req.history = await _lookup_history(req.user_id)
@@ -141,54 +159,47 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
                 feast_fallback = True
                 metrics.feast_fallback.inc()
                 log.warning("feast lookup failed for %s: %s", req.user_id, exc)
-        body = req.model_dump(mode="json", exclude_none=True)
+            forward = orjson.dumps(req.model_dump(mode="json", exclude_none=True))
         try:
-            r = await _predict(arm.model, body, request_id)
-        except httpx.HTTPError as exc:
+            r = await _predict(arm.model, forward, request_id)
+        except UpstreamUnavailable as exc:
             metrics.upstream_errors.labels(arm.name).inc()
-            metrics.requests.labels(arm.name, "503").inc()
-            return JSONResponse(error_body(f"model server unavailable: {type(exc).__name__}: {exc}", 503),
-                                status_code=503)
-        if r.status_code != 200:
-            try:
-                payload = r.json()
-                msg = payload.get("error") or payload.get("message") or r.text
-            except ValueError:
-                msg = r.text
-            status = r.status_code if 400 <= r.status_code < 500 else 502
+            return _error(503, f"model server unavailable: {exc}", arm.name)
+        if r.status != 200:
+            status = r.status if 400 <= r.status < 500 else 502
             if status == 502:
                 metrics.upstream_errors.labels(arm.name).inc()
-            metrics.requests.labels(arm.name, str(status)).inc()
-            return JSONResponse(error_body(str(msg), status), status_code=status)
-        out = r.json()
-        source = history_source or out.get("history_source", "request")
-        resp = RecommendResponse.model_validate({  # one validation call for the whole answer
-            "items": out["items"], "model": out["model"], "version": out["version"], "fallback": out.get("fallback"),
-            "arm": arm.name, "request_id": request_id, "unknown_items": out.get("unknown_items", 0),
-            "history_source": source})
-        items = resp.items
+            return _error(status, upstream_error_message(r), arm.name)
+        try:
+            out = HandlerAnswer.model_validate_json(r.body)
+        except ValidationError as exc:  # a handler that breaks the contract is a server fault, not the client's
+            metrics.upstream_errors.labels(arm.name).inc()
+            return _error(502, f"model server answered outside the contract: {exc.errors()[0]['msg']}", arm.name)
+        source = history_source or out.history_source
+        resp = RecommendResponse(items=out.items, model=out.model, version=out.version, fallback=out.fallback,
+                                 arm=arm.name, request_id=request_id, unknown_items=out.unknown_items,
+                                 history_source=source)
         latency_ms = (time.perf_counter() - t0) * 1000.0
         writer.write(ServedLog(
-            request_id=request_id, user_id=req.user_id, arm=arm.name, model=resp.model, version=resp.version,
-            n=req.n, diversity=req.diversity, history_len=out.get("history_len", 0),
-            unknown_items=resp.unknown_items, history_source=source, fallback=resp.fallback,
-            feast_fallback=feast_fallback, items=items,
-            interest_stats=InterestStats(**(out.get("interest_stats") or {})),
-            history_categories=out.get("history_categories") or {}, latency_ms=round(latency_ms, 3)))
+            request_id=request_id, user_id=req.user_id, arm=arm.name, model=out.model, version=out.version,
+            n=req.n, diversity=req.diversity, history_len=out.history_len, unknown_items=out.unknown_items,
+            history_source=source, fallback=out.fallback, feast_fallback=feast_fallback, items=out.items,
+            interest_stats=out.interest_stats, history_categories=out.history_categories,
+            latency_ms=round(latency_ms, 3)))
         metrics.requests.labels(arm.name, "200").inc()
         metrics.latency.labels(arm.name).observe(latency_ms / 1000.0)
-        if resp.fallback:
-            metrics.fallback.labels(arm.name, resp.fallback).inc()
-        if resp.unknown_items:
-            metrics.unknown_items.inc(resp.unknown_items)
+        if out.fallback:
+            metrics.fallback.labels(arm.name, out.fallback).inc()
+        if out.unknown_items:
+            metrics.unknown_items.inc(out.unknown_items)
         return Response(resp.model_dump_json(), media_type="application/json")
 
     @app.get("/healthz")
     async def healthz():
         try:
-            r = await state["http"].get("/ping", timeout=2.0)
-            ok = r.status_code == 200 and r.json().get("status") == "Healthy"
-            detail = r.json()
+            r = await state["server"].ping()
+            detail = orjson.loads(r.body)
+            ok = r.status == 200 and detail.get("status") == "Healthy"
         except Exception as exc:
             ok, detail = False, {"error": f"{type(exc).__name__}: {exc}"}
         return JSONResponse({"status": "ok" if ok else "unavailable", "torchserve": detail,

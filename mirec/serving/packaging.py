@@ -40,7 +40,7 @@ import mirec
 from mirec.config import StrictModel, load_yaml_config
 from mirec.errors import ConfigError, MirecError
 from mirec.serving.service import INDEX_FILE, ITEMS_FILE, META_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE
-from mirec.serving.tsconfig import ModelServing, ServerSettings, render_config_properties
+from mirec.serving.tsconfig import ModelServing, ServerSettings, render_config_properties, render_log4j2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDLER = REPO_ROOT / "serving" / "handler.py"
@@ -72,7 +72,7 @@ class CandidateSpec(StrictModel):
     index: IndexSpec = Field(default_factory=IndexSpec)
     workers: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)
-    max_batch_delay_ms: int = Field(2, ge=0)
+    max_batch_delay_ms: int = Field(1, ge=0)
     response_timeout_s: int = Field(30, ge=1)
 
     @field_validator("name")
@@ -125,9 +125,12 @@ def _items_frame(items) -> pd.DataFrame:
     return out
 
 
-def _copy_mirec_code(dst: Path) -> None:
-    shutil.copytree(MIREC_PKG, dst / "mirec",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "cli"))
+def copy_mirec_code(stage_dir: str | Path) -> None:
+    """(Re)place the `mirec` code the handler imports inside a staged package with this checkout's."""
+    dst = Path(stage_dir) / "mirec"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(MIREC_PKG, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "cli"))
 
 
 def stage_candidate(stage_dir: str | Path, model, model_cfg, items, *, name: str, version: str = "1.0",
@@ -165,7 +168,7 @@ def stage_candidate(stage_dir: str | Path, model, model_cfg, items, *, name: str
     }
     (stage / META_FILE).write_text(json.dumps(meta, indent=2))
     if copy_code:
-        _copy_mirec_code(stage)
+        copy_mirec_code(stage)
     return meta
 
 
@@ -218,9 +221,12 @@ def _load_candidate(c: CandidateSpec):
 
 
 def write_server_config(out_dir: str | Path, models: list[ModelServing], server: ServerSettings) -> Path:
+    """config/config.properties + config/log4j2.xml (start TorchServe with `--log-config config/log4j2.xml`;
+    the kserve profile points the JVM at /mnt/models/config/log4j2.xml through `vmargs`)."""
     out = Path(out_dir) / "config" / "config.properties"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_config_properties(models, server))
+    (out.parent / "log4j2.xml").write_text(render_log4j2())
     return out
 
 

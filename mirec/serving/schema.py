@@ -61,6 +61,22 @@ class InterestStats(BaseModel):
     interest_norms: list[float] = Field(default_factory=list)
 
 
+class HandlerAnswer(BaseModel):
+    """The TorchServe handler's 200 body (`RecommendService` -> `Answer`): the response fields plus
+    what the served log needs. The API parses it once, from bytes, with this model."""
+
+    items: list[ServedItem]
+    model: str
+    version: str
+    fallback: Literal["popularity"] | None = None
+    unknown_items: int = 0
+    history_source: Literal["request", "feast", "none"] = "request"
+    history_len: int = 0
+    interest_stats: InterestStats = Field(default_factory=InterestStats)
+    history_categories: dict[str, int] = Field(default_factory=dict)
+    feast_fallback: bool = False
+
+
 class ServedLog(BaseModel):
     """One served answer. Schema version 1; document changes in docs/serving.md."""
 

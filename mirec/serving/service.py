@@ -229,6 +229,18 @@ class RecommendService:
 _OMP_THREADS: int | None = None
 
 
+def freeze_loaded_objects() -> None:
+    """Move everything loaded so far (model, id map, item table) out of the cyclic GC's reach.
+
+    A serving process holds ~10^5-10^6 long-lived objects after loading; one full (generation 2) collection
+    then takes ~90 ms at 10^6 items (measured), and it lands on whichever request happens to trigger it.
+    Those objects live as long as the process, so there is nothing to collect among them."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def configure_threads(n: int | None = None) -> int:
     """Intra-op threads for torch and FAISS (MIREC_THREADS, default 1: workers scale by process).
 

@@ -47,17 +47,42 @@ def assert_same_answer(served: list[dict], offline: list[tuple[str, float, int]]
             assert a["interest"] == b[2] or abs(a["score"] - b[1]) < atol, (i, a, b)
 
 
-def in_process_torchserve(service_by_model: dict):
-    """An httpx transport that stands in for TorchServe's inference API (tests and benchmarks only):
-    `/predictions/<model>` goes straight to that model's `RecommendService.handle_batch`, so the API
-    can be driven without the Java process. `/ping` answers healthy."""
-    import httpx
+class InProcessTorchServe:
+    """Stands in for TorchServe's inference API (tests only; implements `mirec.serving.upstream.ModelServer`):
+    `predict(model, ...)` goes straight to that model's `RecommendService.handle_batch`, so the API can be
+    driven without the Java process. `ping` answers healthy; `refuse=True` behaves like a TorchServe that is
+    down (every call raises `UpstreamUnavailable`)."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/ping":
-            return httpx.Response(200, json={"status": "Healthy"})
-        model = request.url.path.rsplit("/", 1)[-1]
-        status, body = service_by_model[model].handle_batch([request.content])[0]
-        return httpx.Response(status, json=body)
+    def __init__(self, service_by_model: dict, refuse: bool = False):
+        self.services = service_by_model
+        self.refuse = refuse
+        self.token: str | None = None
 
-    return httpx.MockTransport(handler)
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def _check(self):
+        from mirec.serving.upstream import UpstreamUnavailable
+
+        if self.refuse:
+            raise UpstreamUnavailable("ClientConnectorError: connection refused (InProcessTorchServe refuse=True)")
+
+    async def predict(self, model: str, body: bytes, request_id: str):
+        import json
+
+        from mirec.serving.upstream import UpstreamReply
+
+        self._check()
+        if model not in self.services:
+            return UpstreamReply(404, json.dumps({"code": 404, "message": f"Model not found: {model}"}).encode())
+        status, payload = self.services[model].handle_batch([body])[0]
+        return UpstreamReply(status, json.dumps(payload).encode())
+
+    async def ping(self):
+        from mirec.serving.upstream import UpstreamReply
+
+        self._check()
+        return UpstreamReply(200, b'{"status": "Healthy"}')

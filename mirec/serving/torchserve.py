@@ -30,7 +30,7 @@ import psutil
 import requests
 
 from mirec.errors import MirecError
-from mirec.serving.tsconfig import ModelServing, ServerSettings, render_config_properties
+from mirec.serving.tsconfig import ModelServing, ServerSettings, render_config_properties, render_log4j2
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -67,7 +67,8 @@ class TorchServeProcess:
     def __init__(self, model_store: str | Path, models: list[ModelServing], workdir: str | Path,
                  ports: tuple[int, int, int] | None = None, profile: str = "local",
                  grpc_ports: tuple[int, int] | None = None,
-                 env: dict[str, str] | None = None, vmargs: str = "-Xmx512m -XX:+UseSerialGC -Xss512k"):
+                 env: dict[str, str] | None = None, vmargs: str = "-Xmx512m -XX:+UseSerialGC -Xss512k",
+                 access_log: bool = False):
         self.model_store = Path(model_store).resolve()
         self.models = models
         self.workdir = Path(workdir).resolve()
@@ -76,6 +77,7 @@ class TorchServeProcess:
         self.profile = profile
         self.env = env or {}
         self.vmargs = vmargs
+        self.access_log = access_log
         self.proc: subprocess.Popen | None = None
         self._procs: dict[int, psutil.Process] = {}
 
@@ -113,11 +115,13 @@ class TorchServeProcess:
             d.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "config.properties"
         cfg.write_text(self.config_text())
+        log_cfg = self.workdir / "log4j2.xml"
+        log_cfg.write_text(render_log4j2(self.access_log))
         env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "LOG_LOCATION": str(self.log_dir),
                "METRICS_LOCATION": str(self.log_dir), **self.env}
         env.pop("TS_CONFIG_FILE", None)
         cmd = [_torchserve_bin(), "--start", "--foreground", "--ncs", "--model-store", str(self.model_store),
-               "--ts-config", str(cfg)]
+               "--ts-config", str(cfg), "--log-config", str(log_cfg)]
         self._out = open(self.log_dir / "torchserve.stdout", "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
