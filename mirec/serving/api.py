@@ -26,6 +26,7 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Callable
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -52,8 +53,6 @@ def is_token_rejection(status: int, text: str) -> bool:
 def upstream_error_message(reply: UpstreamReply) -> str:
     """TorchServe's error body is JSON ({"code", "type", "message"}) or the handler's {"error"}; else text."""
     try:
-        import orjson
-
         payload = orjson.loads(reply.body)
         return str(payload.get("error") or payload.get("message") or reply.text)
     except (ValueError, AttributeError):
@@ -84,8 +83,6 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
                upstream: ModelServer | None = None) -> FastAPI:
     """Build the app. `history_client` overrides the Feast client (tests); `upstream` the TorchServe client
     (tests pass `mirec.serving.testing.InProcessTorchServe`)."""
-    import orjson
-
     metrics = Metrics()
     writer = ServedLogWriter(settings.log_path)
     state: dict = {"history": history_client}

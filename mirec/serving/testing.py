@@ -3,9 +3,13 @@ hand-made item table (no dataset or training needed)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import torch
+
+from mirec.serving.upstream import UpstreamReply, UpstreamUnavailable
 
 N_ITEMS = 400
 N_CATS = 8
@@ -65,16 +69,10 @@ class InProcessTorchServe:
         pass
 
     def _check(self):
-        from mirec.serving.upstream import UpstreamUnavailable
-
         if self.refuse:
             raise UpstreamUnavailable("ClientConnectorError: connection refused (InProcessTorchServe refuse=True)")
 
     async def predict(self, model: str, body: bytes, request_id: str):
-        import json
-
-        from mirec.serving.upstream import UpstreamReply
-
         self._check()
         if model not in self.services:
             return UpstreamReply(404, json.dumps({"code": 404, "message": f"Model not found: {model}"}).encode())
@@ -82,7 +80,5 @@ class InProcessTorchServe:
         return UpstreamReply(status, json.dumps(payload).encode())
 
     async def ping(self):
-        from mirec.serving.upstream import UpstreamReply
-
         self._check()
         return UpstreamReply(200, b'{"status": "Healthy"}')

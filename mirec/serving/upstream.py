@@ -20,6 +20,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
+import aiohttp
+
 
 class UpstreamUnavailable(Exception):
     """TorchServe could not be reached or did not answer in time (-> 503 from the API)."""
@@ -58,8 +60,6 @@ class TorchServeClient:
         self._session = None
 
     async def start(self) -> None:
-        import aiohttp
-
         connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=60.0)
         self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                                               skip_auto_headers=("User-Agent",))
@@ -77,8 +77,6 @@ class TorchServeClient:
 
     async def _call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                     timeout_s: float | None = None) -> UpstreamReply:
-        import aiohttp
-
         if self._session is None:
             raise UpstreamUnavailable("client not started")
         kw = {"timeout": aiohttp.ClientTimeout(total=timeout_s)} if timeout_s else {}
