@@ -268,7 +268,7 @@ def test_locked_sqlite_times_out_then_recovers(applied, materialized):
         t0 = time.perf_counter()
         with pytest.raises(FeatureStoreUnavailable, match="busy"):  # the hung lookup is still pending
             client.recent_items([user])
-        assert time.perf_counter() - t0 < 0.05
+        assert time.perf_counter() - t0 < 0.5  # "busy" (not "timeout") is the proof it did not wait; time is a sanity bound
         # the serving rule while the store hangs: request history if given, else popularity; never waits
         res = resolve_history(user, ["i1", "i2"], client)
         assert (res.source, res.items, res.feast_fallback) == ("request", ["i1", "i2"], False)

@@ -231,7 +231,11 @@ def test_redis_killed_fails_fast_then_recovers_after_restart(materialized, redis
     m = materialized
     monkeypatch.setenv("MIREC_FEAST_REDIS", f"127.0.0.1:{redis_server.port}{options}")
     user = next(u for u in m["sample"] if m["direct"][u])
-    client = _client(m["cfg"], timeout_ms=100)
+    # With retry=null a refused connection must come back as "error", not as the caller's deadline. On a
+    # loaded CI machine the refusal plus Feast's own work once took > 100 ms (reported as "timeout"), so that
+    # variant gets a 1 s deadline: reason "error" then proves the refusal arrived before it.
+    deadline_ms = 1000 if options == RECOMMENDED else 100
+    client = _client(m["cfg"], timeout_ms=deadline_ms)
     assert client.recent_items([user]) == {user: m["direct"][user]}
     before = {r: _metric(r) for r in ("error", "timeout", "busy")}
 
@@ -244,7 +248,7 @@ def test_redis_killed_fails_fast_then_recovers_after_restart(materialized, redis
         wall = time.perf_counter() - t0
         print(f"\nredis killed ({options or 'default options'}): FeatureStoreUnavailable({exc.value.reason!r}) "
               f"after {wall * 1e3:.1f} ms; {client.metrics()['inflight']} lookup(s) still pending")
-        assert wall < 1.0, wall
+        assert wall < deadline_ms / 1e3 + 0.9, wall
         if options == RECOMMENDED:
             # connection refused is reported at once and frees the worker
             assert exc.value.reason == "error" and "Connection" in str(exc.value)
@@ -297,7 +301,7 @@ def test_redis_hung_times_out_within_deadline_then_recovers(materialized, redis_
             t0 = time.perf_counter()
             with pytest.raises(FeatureStoreUnavailable) as exc:  # both workers hang on the socket: fail at once
                 client.recent_items([user])
-            assert exc.value.reason == "busy" and time.perf_counter() - t0 < 0.1
+            assert exc.value.reason == "busy" and time.perf_counter() - t0 < 0.5  # busy = did not wait
             assert client.metrics()["reasons"] == {"timeout": 2, "busy": 1}
     finally:
         redis_server.proc.send_signal(signal.SIGCONT)
