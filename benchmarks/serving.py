@@ -13,6 +13,10 @@ code (no-archive format, so the 10^6 index is not zipped), then measured three w
   stack       HTTP POST to the recommendation API (A/B, served log) -> TorchServe (the whole stack)
 Concurrency c = c client threads, each sending its next request when the previous one returns. The three
 paths run in interleaved rounds (--rounds) with everything loaded, so background load hits them alike.
+Answer quality is measured next to latency: `answer_recall` = mean |served top-n ∩ exact top-n| / n, the served
+answers (in-process = the handler's code) against the same model with an exact Flat index. The HNSW/IVF index
+is built as `mirec package` builds it (M 32, efConstruction 200, efSearch/nprobe tuned to --target-recall of the
+per-interest top-100 on sampled histories); a latency is only quoted with its recall.
 Thread settings: MIREC_THREADS=--threads (torch + FAISS intra-op threads, default 1) in the worker and in-process.
 Per path, the CPU time each process spent per request is recorded too (`cpu_ms_per_req`: client, API, TorchServe's
 Java frontend, its Python worker): the decomposition of where the stack's overhead goes.
@@ -40,6 +44,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mirec.retrieval import ItemIndex  # noqa: E402
 from mirec.serving.packaging import IndexSpec, build_mar, copy_mirec_code, stage_candidate  # noqa: E402
 from mirec.serving.service import RecommendService, configure_threads, freeze_loaded_objects  # noqa: E402
 from mirec.serving.torchserve import TorchServeProcess, free_port  # noqa: E402
@@ -190,22 +195,40 @@ def start_api(ts_url: str, model: str, workdir: Path) -> tuple[subprocess.Popen,
     raise RuntimeError(f"API did not start: {(workdir / 'api.log').read_text()[-2000:]}")
 
 
-def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, workdir: Path, hnsw_efc: int,
+def answer_recall(svc: RecommendService, stage: Path, payloads: list[bytes]) -> float:
+    """Mean |served top-n ∩ exact top-n| / n: `svc`'s answers against the same model over an exact Flat index."""
+    exact = RecommendService.load(stage, device="cpu")
+    exact.recommender.index = ItemIndex.build(exact.recommender.item_vectors, "flat", use_gpu=False)
+    hits = []
+    for p in payloads:
+        (_, a), (_, b) = svc.handle_batch([p])[0], exact.handle_batch([p])[0]
+        want = {x["item_id"] for x in b["items"]}
+        hits.append(len(want & {x["item_id"] for x in a["items"]}) / max(1, len(want)))
+    return round(float(np.mean(hits)), 4)
+
+
+def stage_case(n_items: int, kind: str, index: IndexSpec, root: Path) -> tuple[Path, dict]:
+    """Stage (or, under --cache-dir, reuse) the benchmark model + index for one case -> (stage dir, meta)."""
+    name = f"bench_{kind}_{n_items}"
+    key = "" if kind == "flat" else (f"_m{index.hnsw_m}_efc{index.ef_construction}" if kind == "hnsw" else "_ivf")
+    stage = root / f"{name}{key}_r{index.target_recall}"
+    if (stage / "meta.json").exists():  # --cache-dir: reuse a staged model + index (skip the 10^6 HNSW build)
+        copy_mirec_code(stage)  # the cached index and weights are reused; the handler's code is this checkout's
+        print(f"[{name}] reusing staged package {stage}", flush=True)
+        return stage, json.loads((stage / "meta.json").read_text())
+    model, cfg, items = synth(n_items)
+    meta = stage_candidate(stage, model, cfg, items, name=name, version="bench", index=index,
+                           metrics={"note": "random-init model, latency benchmark only"})
+    print(f"[{name}] staged: index {json.dumps(meta['index'])}", flush=True)
+    return stage, meta
+
+
+def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, workdir: Path, index: IndexSpec,
              batch_delay_ms: int, cache_dir: Path | None = None, batch_size: int = 8,
              rounds: int = 4, warmup: int = 200, threads: int = 1) -> list[dict]:
     name = f"bench_{kind}_{n_items}"
     t0 = time.perf_counter()
-    stage = (cache_dir or workdir / "stage") / f"{name}_efc{hnsw_efc}"
-    if (stage / "meta.json").exists():  # --cache-dir: reuse a staged model + index (skip the 10^6 HNSW build)
-        meta = json.loads((stage / "meta.json").read_text())
-        copy_mirec_code(stage)  # the cached index and weights are reused; the handler's code is this checkout's
-        print(f"[{name}] reusing staged package {stage}", flush=True)
-    else:
-        model, cfg, items = synth(n_items)
-        index = IndexSpec(kind=kind, ef_construction=hnsw_efc, ef_search=128, hnsw_m=32)
-        meta = stage_candidate(stage, model, cfg, items, name=name, version="bench", index=index,
-                               metrics={"note": "random-init model, latency benchmark only"})
-        del model
+    stage, meta = stage_case(n_items, kind, index, cache_dir or workdir / "stage")
     store = workdir / "model-store"
     build_mar(stage, name, "bench", store, archive_format="no-archive")
     package_s = time.perf_counter() - t0
@@ -215,6 +238,8 @@ def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, w
     warm = bodies(warmup, n_items, seed=7)
     configure_threads(threads)
     svc = RecommendService.load(stage, device="cpu")
+    recall = answer_recall(svc, stage, payloads[:200])
+    print(f"[{name}] answer recall@{N} vs exact: {recall}", flush=True)
     freeze_loaded_objects()  # as the handler does after loading: the lower bound gets the same treatment
     ts = TorchServeProcess(store, [ModelServing(name=name, version="bench", mar=name, workers=1, batch_size=batch_size,
                                                 max_batch_delay_ms=batch_delay_ms, response_timeout_s=120)],
@@ -261,7 +286,8 @@ def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, w
     for r in rows:
         r.update({"loadavg_1m_end": round(os.getloadavg()[0], 2), "ts_batch_size": batch_size,
                   "items": n_items, "index": kind, "K": K, "n": N, "package_s": round(package_s, 1),
-                  "index_build_s": meta["index"]["build_s"]})
+                  "index_build_s": meta["index"]["build_s"], "answer_recall": recall,
+                  "index_params": {k: v for k, v in meta["index"].items() if k not in ("kind", "build_s")}})
     return rows
 
 
@@ -281,14 +307,15 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict], rat: list[dict]) -> str:
-    lines = ["| items | index | c | path | p50 ms | p99 ms | req/s | p50 × | p99 × | CPU ms/req client · API · Java · worker |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| items | index | recall | c | path | p50 ms | p99 ms | req/s | p50 × | p99 × | CPU ms/req client · API · Java · worker |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     rk = {(x["items"], x["index"], x["concurrency"], x["path"]): x for x in rat}
     for r in rows:
         x = rk.get((r["items"], r["index"], r["concurrency"], r["path"]), {})
         c = r.get("cpu_ms_per_req", {})
         cpu = " · ".join(f"{c.get(k, 0):.2f}" for k in ("client", "api", "ts_java", "ts_worker"))
-        lines.append(f"| {r['items']:,} | {r['index']} | {r['concurrency']} | {r['path']} | {r['p50_ms']} | "
+        effort = next((f" ({k} {r['index_params'][k]})" for k in ("ef_search", "nprobe") if k in r.get("index_params", {})), "")
+        lines.append(f"| {r['items']:,} | {r['index']}{effort} | {r.get('answer_recall', '')} | {r['concurrency']} | {r['path']} | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {r['throughput_rps']} | {x.get('p50_ratio', '')} | {x.get('p99_ratio', '')} | {cpu} |")
     return "\n".join(lines)
 
@@ -299,7 +326,12 @@ def main() -> None:
     ap.add_argument("--index", nargs="+", default=["flat", "hnsw"], choices=["flat", "ivf", "hnsw"])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--requests", type=int, default=400, help="measured requests per (path, concurrency)")
-    ap.add_argument("--hnsw-ef-construction", type=int, default=40)
+    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--hnsw-ef-construction", type=int, default=200)
+    ap.add_argument("--target-recall", type=float, default=0.9,
+                    help="index recall@100 efSearch/nprobe is tuned to at package time (as `mirec package`); 0 = no tuning")
+    ap.add_argument("--ef-search", type=int, default=128, help="efSearch when --target-recall 0")
+    ap.add_argument("--stage-only", action="store_true", help="build (and cache) the packages, measure nothing")
     ap.add_argument("--max-batch-delay-ms", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size (1 = no batching wait)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds over the three paths")
@@ -315,10 +347,16 @@ def main() -> None:
     if a.quick:
         a.items, a.requests = [10_000], 100
     rows: list[dict] = []
+    index = {kind: IndexSpec(kind=kind, hnsw_m=a.hnsw_m, ef_construction=a.hnsw_ef_construction,
+                             ef_search=a.ef_search, target_recall=a.target_recall or None, use_gpu=False)
+             for kind in a.index}
     with tempfile.TemporaryDirectory(prefix="mirec-bench-") as tmp:
         for n in a.items:
             for kind in a.index:
-                rows += run_case(n, kind, a.concurrency, a.requests, Path(tmp), a.hnsw_ef_construction,
+                if a.stage_only:
+                    stage_case(n, kind, index[kind], a.cache_dir or Path(tmp))
+                    continue
+                rows += run_case(n, kind, a.concurrency, a.requests, Path(tmp), index[kind],
                                  a.max_batch_delay_ms, a.cache_dir, a.batch_size, a.rounds, a.warmup, a.threads)
                 write(a, rows)  # partial results survive a later failure
     print(markdown(rows, ratios(rows)))
@@ -329,8 +367,9 @@ def write(a, rows: list[dict]) -> None:
     rat = ratios(rows)
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               "settings": {"K": K, "dim": DIM, "n": N, "max_len": MAX_LEN, "history_len": "20..50",
-                           "requests": a.requests, "hnsw": {"M": 32, "ef_search": 128,
-                                                            "ef_construction": a.hnsw_ef_construction},
+                           "requests": a.requests, "hnsw": {"M": a.hnsw_m, "ef_construction": a.hnsw_ef_construction,
+                                                            "target_recall": a.target_recall or None,
+                                                            "ef_search": None if a.target_recall else a.ef_search},
                            "torchserve": {"workers": 1, "batch_size": a.batch_size, "max_batch_delay_ms": a.max_batch_delay_ms},
                            "threads": a.threads, "model": "random-init comirec_sa (registry), synthetic items"},
               "rows": rows, "ratios": rat, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

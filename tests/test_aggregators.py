@@ -309,3 +309,44 @@ def test_personalised_default_similarity():
     assert ids(agg(SCORES, ITEMS, one_cat)) == ids(agg(SCORES, ITEMS, emb))
     no_vec = AggregationContext(n=6, item_category=np.zeros(6, np.int64), params={"d_u": 0.9})
     assert ids(agg(SCORES, ITEMS, no_vec)) == [0, 1, 2, 4, 5, 3]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_index_tune_picks_the_cheapest_effort_that_reaches_the_target(tmp_path, clustered, kind):
+    from mirec.retrieval.index import exact_top_k
+
+    x, q = clustered
+    rng = np.random.default_rng(3)
+    queries = x[rng.integers(0, len(x), 300)] + 0.5 * rng.normal(size=(300, 16)).astype(np.float32)
+    idx = ItemIndex.build(x, kind, use_gpu=False)
+    got = idx.tune(x, queries, k=50, target=0.97)
+    assert got["met"] and got["recall"] >= 0.97 and got["recall_k"] == 50
+    efforts = [e for e, _ in got["curve"]]
+    assert efforts == sorted(efforts) and idx.params[idx.effort_name] == efforts[-1]
+    assert all(r < 0.97 for _, r in got["curve"][:-1])  # every cheaper effort tried fell short
+    # the tuned effort is in force and survives save/load; recall re-measured independently of tune()
+    exact = exact_top_k(x, queries, 50)
+    brute = np.argsort(-(queries @ x.T), axis=1)[:, :50]
+    assert np.mean([len(set(a) & set(b)) / 50 for a, b in zip(exact, brute)]) > 0.999
+    idx.save(tmp_path / "i.faiss")
+    back = ItemIndex.load(tmp_path / "i.faiss")
+    _, found = back.index.search(queries, 50)
+    assert _recall(found, brute) >= 0.97 - 1e-9
+    if len(efforts) > 1:  # one step cheaper really is worse on the same queries
+        back.set_effort(efforts[-2])
+        _, cheaper = back.index.search(queries, 50)
+        assert _recall(cheaper, brute) < 0.97
+
+
+def test_index_tune_reports_an_unreachable_target(clustered):
+    """A sparse inner-product HNSW graph over clustered items plateaus (~0.6 here) whatever efSearch: tune()
+    says so (met False) and keeps the cheapest efSearch near the plateau rather than the most expensive one."""
+    x, _ = clustered
+    rng = np.random.default_rng(3)
+    queries = x[rng.integers(0, len(x), 300)] + 0.5 * rng.normal(size=(300, 16)).astype(np.float32)
+    idx = ItemIndex.build(x, "hnsw", use_gpu=False, hnsw_m=8, ef_construction=16)
+    got = idx.tune(x, queries, k=50, target=0.97)
+    best = max(r for _, r in got["curve"])
+    assert not got["met"] and got["recall"] < 0.9 and got["recall"] >= best - 0.01
+    assert got["curve"][-1][0] == 2048 and idx.params["ef_search"] < 2048
+    assert ItemIndex.build(x, "flat", use_gpu=False).tune(x, queries, 50, 0.99)["recall"] == 1.0

@@ -297,3 +297,36 @@ def test_example_configs_parse():
     assert [c.name for c in spec.candidates] == ["mirec_a", "mirec_b"] and spec.candidates[0].index.kind == "hnsw"
     s = load_settings(root / "api-settings.example.yaml")
     assert s.experiment.shares == {"A": 0.5, "B": 0.5} and s.feast.timeout_ms == 50
+
+
+def test_package_tunes_the_ann_index_to_the_target_recall(tmp_path, caplog):
+    """meta.json carries the measured recall of the packaged index; the efSearch it chose reaches the target
+    on fresh queries too, and a missed target is reported, not hidden."""
+    from mirec.retrieval import ItemIndex
+    from mirec.retrieval.index import exact_top_k, recall_at_k
+    from mirec.serving.packaging import IndexSpec, sample_interest_queries, stage_candidate
+
+    items = items_frame(3000)
+    model, cfg = tiny_model("comirec_sa", n=3000)
+    meta = stage_candidate(tmp_path / "a", model, cfg, items, name="a", copy_code=False,
+                           index=IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=16, target_recall=0.95))
+    rec = meta["index"]["recall"]
+    assert rec["met"] and rec["recall"] >= 0.95 and meta["index"]["ef_search"] == rec["curve"][-1][0]
+    back = ItemIndex.load(tmp_path / "a" / "index.faiss")
+    assert back.params["ef_search"] == meta["index"]["ef_search"]
+    fresh = sample_interest_queries(model, cfg.max_len, items["popularity"].to_numpy(), 128, seed=1)
+    vecs = model.item_vectors()
+    _, found = back.index.search(fresh, 100)
+    assert recall_at_k(found, exact_top_k(vecs, fresh, 100)) >= 0.9  # holds beyond the tuning queries
+    # no target: ef_search as given, recall still measured and recorded
+    meta = stage_candidate(tmp_path / "b", model, cfg, items, name="b", copy_code=False,
+                           index=IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=16, ef_search=16, target_recall=None))
+    assert meta["index"]["ef_search"] == 16 and 0 < meta["index"]["recall"]["recall"] < rec["recall"]
+    # a target the index cannot reach: packaged, flagged in meta.json and logged
+    with caplog.at_level("WARNING"):
+        meta = stage_candidate(tmp_path / "c", model, cfg, items, name="sparse", copy_code=False,
+                               index=IndexSpec(kind="hnsw", hnsw_m=4, ef_construction=8, target_recall=0.999))
+    assert meta["index"]["recall"]["met"] is False and meta["index"]["recall"]["recall"] < 0.999
+    assert "sparse: the hnsw index does not reach recall@100 0.999" in caplog.text
+    flat = stage_candidate(tmp_path / "d", model, cfg, items, name="d", copy_code=False, index=IndexSpec(kind="flat"))
+    assert flat["index"]["recall"] == {"recall": 1.0, "exact": True}

@@ -11,6 +11,23 @@ import numpy as np
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
+#: search-effort values tried by `ItemIndex.tune` (efSearch for HNSW, nprobe for IVF), cheapest first
+EFFORT_LADDER = {"hnsw": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048),
+                 "ivf": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)}
+
+
+def exact_top_k(item_vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Brute-force inner-product top-k ids [Q, k] (the reference an approximate index is measured against)."""
+    _, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
+                       np.ascontiguousarray(item_vectors, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+    return ids
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean over queries of |found ∩ exact| / |exact| (ids; -1 pads are never a hit)."""
+    hits = [len(np.intersect1d(f[f >= 0], e[e >= 0])) / max(1, int((e >= 0).sum())) for f, e in zip(found, exact)]
+    return float(np.mean(hits)) if hits else 1.0
+
 
 class ItemIndex:
     """Inner-product index over item vectors. Row i of the index is item_idx i."""
@@ -71,6 +88,57 @@ class ItemIndex:
         scores, idx = self.index.search(np.ascontiguousarray(q.reshape(b * k, d)), m)
         scores, idx = scores.reshape(b, k, m), idx.reshape(b, k, m)
         return (scores[0], idx[0]) if squeeze else (scores, idx)
+
+    # ---- search effort and measured recall ----------------------------------------------------------
+    @property
+    def effort_name(self) -> str | None:
+        return {"hnsw": "ef_search", "ivf": "nprobe"}.get(self.kind)
+
+    def set_effort(self, value: int) -> None:
+        """efSearch (HNSW) or nprobe (IVF); a Flat index is exact and has none."""
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(value)
+        elif self.kind == "ivf":
+            value = min(int(value), self.params["nlist"])
+            self.index.nprobe = value
+        else:
+            raise ValueError("a flat index has no search effort")
+        self.params[self.effort_name] = int(value)
+
+    def recall(self, item_vectors: np.ndarray, queries: np.ndarray, k: int,
+               exact: np.ndarray | None = None) -> float:
+        """Recall@k of this index against brute force over `item_vectors`, for `queries` [Q, d]."""
+        k = min(k, self.n_items)
+        exact = exact_top_k(item_vectors, queries, k) if exact is None else exact
+        _, found = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return recall_at_k(found, exact)
+
+    def tune(self, item_vectors: np.ndarray, queries: np.ndarray, k: int, target: float) -> dict:
+        """Pick the cheapest search effort whose recall@k reaches `target` on `queries`, set it, and return
+        what was measured: {"recall_k", "target_recall", "recall", "met", "curve": [[effort, recall], ...]}.
+        A target no effort reaches (an inner-product HNSW graph can plateau far below 1 when it is built too
+        sparse) sets the cheapest effort within 0.01 of the best recall seen, with met=False (the caller warns).
+        A Flat index is exact: recall 1 without a search."""
+        k = min(k, self.n_items)
+        out = {"recall_k": k, "target_recall": target, "queries": int(len(queries))}
+        if self.kind == "flat":
+            return {**out, "recall": 1.0, "met": True, "curve": []}
+        exact = exact_top_k(item_vectors, queries, k)
+        curve = []
+        for effort in EFFORT_LADDER[self.kind]:
+            if self.kind == "ivf" and effort > self.params["nlist"]:
+                break
+            self.set_effort(effort)
+            r = self.recall(item_vectors, queries, k, exact)
+            curve.append([int(effort), round(r, 4)])
+            if r >= target:
+                break
+        if curve[-1][1] >= target:
+            return {**out, "recall": curve[-1][1], "met": True, "curve": curve}
+        best = max(r for _, r in curve)
+        effort, recall = next((e, r) for e, r in curve if r >= best - 0.01)
+        self.set_effort(effort)
+        return {**out, "recall": recall, "met": False, "curve": curve}
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
