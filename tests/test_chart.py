@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from functools import lru_cache
@@ -33,6 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "mirec"
 PROD_VALUES = CHART / "values-production.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
 OWN_SCHEMAS = ROOT / "charts" / "schemas"
 SHARED_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "k8s-schemas"
 GET_TOOLS = ROOT / "scripts" / "get-helm-tools.sh"
@@ -264,6 +266,11 @@ def test_kserve_mode_renders_strictly_valid_inferenceservice(helm, profile):
     assert pred["model"]["storageUri"].startswith("s3://")
     if "gpu" in profile:
         assert pred["model"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # the predictor runs mirec's TorchServe image (kserve.predictorImage=mirec, the default), see
+    # test_kserve_predictor_image_and_fallback
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert pred["model"]["image"] == \
+        f"ghcr.io/mirec-project/mirec-torchserve:{app_version}{'-gpu' if 'gpu' in profile else ''}"
     # KServe mode: no in-pod TorchServe, the API points at the predictor.
     serving = one(docs, "Deployment", f"{FULL}-serving")
     assert [c["name"] for c in pod_spec(serving)["containers"]] == ["api"]
@@ -485,11 +492,14 @@ def test_torchserve_model_snapshot_and_gpu(helm):
     props = properties(configmap_file(gpu, f"{FULL}-torchserve", "config.properties"))
     assert props["number_of_gpu"] == "1"
     ts = next(c for c in pod_spec(one(gpu, "Deployment", f"{FULL}-serving"))["containers"] if c["name"] == "torchserve")
-    assert ts["image"] == "pytorch/torchserve:0.12.0-gpu"
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    # mirec's TorchServe image (Dockerfile target `torchserve`), its CUDA build with gpu.enabled
+    assert ts["image"] == f"ghcr.io/mirec-project/mirec-torchserve:{app_version}-gpu"
     assert ts["resources"]["limits"]["nvidia.com/gpu"] == 1
     cpu = render(helm, "default")
     ts = next(c for c in pod_spec(one(cpu, "Deployment", f"{FULL}-serving"))["containers"] if c["name"] == "torchserve")
-    assert ts["image"] == "pytorch/torchserve:0.12.0-cpu" and "nvidia.com/gpu" not in ts["resources"]["limits"]
+    assert ts["image"] == f"ghcr.io/mirec-project/mirec-torchserve:{app_version}"
+    assert "nvidia.com/gpu" not in ts["resources"]["limits"]
 
 
 # ------------------------------------------------------------------------- wiring / contracts
@@ -813,3 +823,302 @@ def test_torchserve_log_config_is_mirecs(helm):
         args = next(c for d in docs if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]
                     if c["name"] == "torchserve")["args"]
         assert args[args.index("--log-config") + 1] == "/etc/torchserve/log4j2.xml"
+
+
+# ---------------------------------------------------------------------------- the TorchServe image
+# The chart used to run TorchServe in the stock pytorch/torchserve image, whose Python (not 3.11) has none of
+# the packages mirec's handler imports: no model could load. The checks below tie the chart's TorchServe image to
+# the Dockerfile's `torchserve` target and that target to what the handler needs, without Docker.
+def _norm(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+def _locked() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        line = line.split("#")[0].split(";")[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[_norm(name)] = version.strip()
+    return pins
+
+
+def _python_minor_of_project() -> str:
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    m = re.fullmatch(r">=(3\.\d+),<3\.(\d+)", spec.replace(" ", ""))
+    assert m and int(m.group(2)) == int(m.group(1).split(".")[1]) + 1, f"requires-python {spec!r} is not one minor"
+    return m.group(1)
+
+
+def _dockerfile_stages() -> list[dict]:
+    """Stages of the Dockerfile in order: {"name", "from", "instructions": [(KEYWORD, args)]}; line continuations
+    joined, comments dropped."""
+    logical, buf = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        logical.append(buf + line)
+        buf = ""
+    stages: list[dict] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            parts = args.split()
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else str(len(stages))
+            stages.append({"name": name, "from": parts[0], "instructions": []})
+        elif stages:
+            stages[-1]["instructions"].append((keyword, args.strip()))
+    return stages
+
+
+def _stage_chain(stages: list[dict], target: str) -> list[dict]:
+    """The stage `target` and the stages it is built FROM, base first."""
+    by_name = {s["name"]: s for s in stages}
+    chain = [by_name[target]]
+    while chain[0]["from"] in by_name:
+        chain.insert(0, by_name[chain[0]["from"]])
+    return chain
+
+
+def _last(chain: list[dict], keyword: str) -> str | None:
+    values = [a for s in chain for k, a in s["instructions"] if k == keyword]
+    return values[-1] if values else None
+
+
+def _documented_builds() -> list[dict]:
+    """The `docker build` commands in the Dockerfile's header: [{"target", "variant", "image"}]."""
+    builds = []
+    for line in DOCKERFILE.read_text().splitlines():
+        m = re.match(r"#\s+docker build (.+?) \.(\s+#.*)?$", line)
+        if m:
+            args = m.group(1).split()
+            build_args = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--build-arg")
+            builds.append({"target": args[args.index("--target") + 1] if "--target" in args else None,
+                           "variant": build_args.get("TORCH_VARIANT", "cpu"), "image": args[args.index("-t") + 1]})
+    return builds
+
+
+def _torchserve_container(docs: list[dict]) -> dict:
+    return next(c for c in pod_spec(one(docs, "Deployment", f"{FULL}-serving"))["containers"] if c["name"] == "torchserve")
+
+
+def test_torchserve_target_has_python_311_the_locked_dependencies_and_java_17(helm):
+    """The Dockerfile's `torchserve` target: python:3.11 (the project's requires-python), torch and the rest of
+    requirements.lock (torchserve among them), a Java 17 runtime, UID 10001, and a default command that starts
+    TorchServe the way the chart does."""
+    stages = _dockerfile_stages()
+    assert "torchserve" in {s["name"] for s in stages}
+    chain = _stage_chain(stages, "torchserve")
+    root = chain[0]["from"]
+    m = re.fullmatch(r"python:(3\.\d+)(\.\d+)?-slim-bookworm", root)
+    assert m, f"torchserve target is based on {root}, not python:3.x-slim-bookworm (openjdk-17 is a bookworm package)"
+    assert m.group(1) == _python_minor_of_project()
+    runs = [a for s in chain for k, a in s["instructions"] if k == "RUN"]
+    copies = [a for s in chain for k, a in s["instructions"] if k == "COPY"]
+    assert any("requirements.lock" in c.split()[:-1] for c in copies), "requirements.lock is not copied in"
+    locked = _locked()
+    install = next((r for r in runs if "pip install -r" in r and "requirements.lock" in r), None)
+    assert install, "no RUN installs requirements.lock"
+    # torch comes from its own index at the locked version, everything else from the lock itself
+    assert "grep -v '^torch==' requirements.lock" in install and '"torch==${TORCH_VERSION}"' in install
+    args = dict(a.split("=", 1) for s in chain for k, a in s["instructions"] if k == "ARG" and "=" in a)
+    assert args["TORCH_VERSION"] == locked["torch"]
+    assert locked["torchserve"] == yaml.safe_load((CHART / "Chart.yaml").read_text())["annotations"][
+        "mirec.io/torchserve-version"]
+    java = [r for r in runs if "apt-get install" in r and "openjdk-17-jre-headless" in r]
+    assert java, "no Java 17 runtime installed (TorchServe's frontend is Java)"
+    assert any(r.rstrip().endswith("-e .") or "pip install --no-deps -e ." in r for r in runs), "project not installed"
+    env = " ".join(a for k, a in chain[-1]["instructions"] if k == "ENV")
+    assert 'MIREC_FEAST_REPO=""' in env, "the handler would turn on its own Feast lookup with the base stage's repo"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert _last(chain, "USER") == str(values["containerSecurityContext"]["runAsUser"]) == "10001"
+    # the image's default command is the chart's TorchServe command line
+    ts = _torchserve_container(render(helm, "default"))
+    assert json.loads(_last(chain, "CMD")) == ts["command"] + ts["args"]
+    entrypoint = json.loads(_last(chain, "ENTRYPOINT"))
+    script = next(c.split()[0] for c in copies if c.split()[-1] == f"/usr/local/bin/{entrypoint[0]}")
+    assert os.access(ROOT / script, os.X_OK)
+    # the default target (last stage) stays the project image: same base, no Java, `mirec --help`
+    last = _stage_chain(stages, stages[-1]["name"])
+    assert last[0] is chain[0] and not any("openjdk" in a for s in last for _, a in s["instructions"])
+    assert json.loads(_last(last, "CMD")) == ["mirec", "--help"] and json.loads(_last(last, "ENTRYPOINT")) == []
+
+
+def test_chart_runs_the_documented_torchserve_image(helm):
+    """The TorchServe image the chart renders (CPU, GPU, KServe) is the one the Dockerfile's header says how to build,
+    tagged with the chart's appVersion (= the project version)."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    version = chart["appVersion"]
+    assert version == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    builds = {(b["target"], b["variant"]): b["image"] for b in _documented_builds()}
+    assert set(builds) == {(None, "cpu"), (None, "cu126"), ("torchserve", "cpu"), ("torchserve", "cu126")}, builds
+    ts_repo, _, ts_tag = builds[("torchserve", "cpu")].rpartition(":")
+    assert ts_tag == version and builds[("torchserve", "cu126")] == f"{ts_repo}:{version}-gpu"
+    app_repo, _, app_tag = builds[(None, "cpu")].rpartition(":")
+    assert app_tag == version and builds[(None, "cu126")] == f"{app_repo}:{version}-gpu"
+    from components.image import DEFAULT_IMAGE
+
+    assert DEFAULT_IMAGE == builds[(None, "cpu")]
+    assert _torchserve_container(render(helm, "default"))["image"] == f"{ts_repo}:{version}"
+    assert _torchserve_container(render(helm, "gpu-url-store-external-redis"))["image"] == f"{ts_repo}:{version}-gpu"
+    (isvc,) = by_kind(render(helm, "kserve"), "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["image"] == f"{ts_repo}:{version}"
+    api = next(c for c in pod_spec(one(render(helm, "default"), "Deployment", f"{FULL}-serving"))["containers"]
+               if c["name"] == "api")
+    assert api["image"] == f"{app_repo}:{version}"
+    # overrides: an explicit GPU tag, a digest (wins over every tag)
+    digest = "sha256:" + "ab" * 32
+    out = _helm(helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--skip-tests",
+                "--set", "torchserve.gpu.enabled=true", "--set", "torchserve.gpu.imageTag=nightly-gpu").stdout
+    assert _torchserve_container([d for d in yaml.safe_load_all(out) if d])["image"] == f"{ts_repo}:nightly-gpu"
+    out = _helm(helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--skip-tests",
+                "--set", "torchserve.gpu.enabled=true", "--set", f"torchserve.image.digest={digest}").stdout
+    assert _torchserve_container([d for d in yaml.safe_load_all(out) if d])["image"] == f"{ts_repo}@{digest}"
+
+
+def test_kserve_predictor_image_and_fallback(helm):
+    """KServe mode runs the predictor in mirec's TorchServe image: TorchServe's own inference API on the predictor
+    port (no KServe wrapper in that image; the kserve config.properties profile listens on 8085 and lets TS_*
+    variables override it), UID 10001, a read-only root filesystem with volumes for everything TorchServe writes.
+    kserve.predictorImage=runtime leaves the ServingRuntime's container alone."""
+    from mirec.serving.tsconfig import ModelServing, ServerSettings, parse_properties, render_config_properties
+
+    kserve_props = parse_properties(render_config_properties([ModelServing(name="mirec_a", mar="mirec_a.mar")],
+                                                             ServerSettings(profile="kserve")))
+    assert kserve_props["enable_envvars_config"] == "true" and kserve_props["inference_address"].endswith(":8085")
+    (isvc,) = by_kind(render(helm, "kserve"), "InferenceService")
+    pred = isvc["spec"]["predictor"]
+    model = pred["model"]
+    assert model["command"] == ["mirec-torchserve-entrypoint"]
+    env = {e["name"]: e["value"] for e in model["env"]}
+    assert env["TS_INFERENCE_ADDRESS"] == "http://0.0.0.0:8080"
+    sc = model["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["runAsUser"] == 10001 and sc["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"]: m["name"] for m in model["volumeMounts"]}
+    volumes = {v["name"]: v for v in pred["volumes"]}
+    assert {model["workingDir"], env["TEMP"], env["TMPDIR"], env["LOG_LOCATION"], env["METRICS_LOCATION"]} <= set(mounts)
+    assert all("emptyDir" in volumes[name] for name in mounts.values())
+
+    out = _helm(helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--skip-tests", *KSERVE,
+                "--set", "kserve.predictorImage=runtime").stdout
+    (isvc,) = by_kind([d for d in yaml.safe_load_all(out) if d], "InferenceService")
+    pred = isvc["spec"]["predictor"]
+    assert not {"image", "command", "env", "volumeMounts", "workingDir"} & set(pred["model"]) and "volumes" not in pred
+    strict = SHARED_SCHEMAS / "inferenceservice-serving-v1beta1-strict.json"
+    if strict.exists():
+        errs = [f"{list(e.path)}: {e.message}" for e in schema_validator(strict).iter_errors(isvc)]
+        assert not errs, errs
+    proc = _helm(helm, "template", RELEASE, str(CHART), *KSERVE, "--set", "kserve.predictorImage=stock", check=False)
+    assert proc.returncode != 0 and "kserve.predictorImage" in proc.stderr
+
+
+# Run in a fresh interpreter, in the model directory a MAR unpacks to: what TorchServe's worker imports (the handler
+# module by name, the MAR's folder first on sys.path), then, to a fixed point, every module that the loaded mirec
+# code imports, also inside functions (faiss, feast, torch are imported lazily). Prints the distributions of the
+# third-party modules that got loaded.
+_HANDLER_IMPORTS_PROBE = r"""
+import ast, importlib, importlib.metadata as md, importlib.util, json, os, sys, sysconfig
+model_dir = sys.argv[1]
+before = set(sys.modules)
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path.insert(0, model_dir)
+FIRST = {"handler", "mirec"}
+
+def first(name):
+    return name.split(".")[0] in FIRST
+
+def imports_of(path, name):
+    pkg = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), pkg) if node.level else node.module
+            out.add(base)
+            if first(base):
+                out.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
+    return out
+
+handler = importlib.import_module("handler")
+assert callable(handler.handle), "TorchServe needs handler.handle"
+scanned, missing, not_in_mar = set(), {}, set()
+todo = {"handler"}
+while todo:
+    for name in sorted(todo):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            parent, _, attr = name.rpartition(".")
+            if not first(name):
+                missing[name] = repr(exc)
+            elif not (parent in sys.modules and hasattr(sys.modules[parent], attr)):
+                not_in_mar.add(name)
+    todo = set()
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if first(name) and path and path.endswith(".py") and name not in scanned:
+            assert path.startswith(model_dir), f"{name} loaded from {path}, not from the model dir"
+            scanned.add(name)
+            todo |= imports_of(path, name) - set(sys.modules)
+# which distribution installed each loaded module's file (its RECORD lists it); stdlib and the model dir aside
+stdlib = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")}
+files = {}
+for name, mod in list(sys.modules.items()):
+    path = getattr(mod, "__file__", None)
+    if name in before or not path or mod is sys.modules["__main__"]:
+        continue  # loaded at start-up, built in, or made at run time (cython_runtime, swig_runtime_data*)
+    real = os.path.realpath(path)
+    if real.startswith(os.path.realpath(model_dir) + os.sep):
+        continue
+    if any(real.startswith(d + os.sep) for d in stdlib) and "-packages" + os.sep not in real:
+        continue
+    files[os.path.normpath(path)] = files[real] = name
+dists, found = {}, set()
+for dist in md.distributions():
+    base = os.path.normpath(str(dist.locate_file(""))) + os.sep
+    for line in (dist.read_text("RECORD") or "").splitlines():
+        name = files.get(base + line.rsplit(",", 2)[0])
+        if name:
+            found.add(name)
+            dists[dist.metadata["Name"]] = dist.version
+unknown = sorted(set(files.values()) - found)
+print(json.dumps({"python": list(sys.version_info[:2]), "dists": dists, "unknown": unknown, "missing": missing,
+                  "not_in_mar": sorted(not_in_mar), "scanned": len(scanned)}))
+"""
+
+
+def test_handler_imports_only_locked_distributions(tmp_path):
+    """Every third-party distribution that TorchServe's worker can import through mirec's handler (the handler and
+    the `mirec` code as packaged into the MAR) is pinned in requirements.lock at the version installed here, on the
+    Python minor of the project: what the `torchserve` image installs (test above). The stock pytorch/torchserve
+    image had neither that Python nor any of these distributions."""
+    from mirec.serving.packaging import HANDLER, copy_mirec_code
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    copy_mirec_code(model_dir)  # the MAR's `mirec` code
+    shutil.copy(HANDLER, model_dir / "handler.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MIREC_"))}
+    proc = subprocess.run([sys.executable, "-c", _HANDLER_IMPORTS_PROBE, str(model_dir)], capture_output=True,
+                          text=True, timeout=600, cwd=model_dir, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["python"] == [int(p) for p in _python_minor_of_project().split(".")]
+    assert not found["missing"], f"the handler's code imports modules that are not installed: {found['missing']}"
+    assert not found["unknown"], f"modules that no installed distribution provides: {found['unknown']}"
+    assert found["scanned"] > 10
+    locked = _locked()
+    unpinned = {d: v for d, v in found["dists"].items() if _norm(d) != "mirec" and _norm(d) not in locked}
+    assert not unpinned, f"imported by the handler's code but not in requirements.lock: {unpinned}"
+    drift = {d: (v, locked[_norm(d)]) for d, v in found["dists"].items()
+             if _norm(d) in locked and v.split("+")[0] != locked[_norm(d)]}
+    assert not drift, f"installed here vs requirements.lock: {drift}"
+    # the closure reaches the lazily imported runtime dependencies, and TorchServe's own package
+    assert {"torch", "torchserve", "faiss-cpu", "feast", "orjson", "pydantic", "numpy", "pandas", "pyarrow"} <= \
+        {_norm(d) for d in found["dists"]}

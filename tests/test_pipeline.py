@@ -294,8 +294,9 @@ def test_candidate_config_errors_are_clear():
 
 def test_dockerfile_references_existing_files():
     text = (REPO / "Dockerfile").read_text()
+    # bookworm pinned: the `torchserve` target needs openjdk-17, which trixie (python:3.11-slim today) lacks
     assert text.splitlines()[[i for i, ln in enumerate(text.splitlines()) if ln.startswith("FROM")][0]] == \
-        "FROM python:3.11-slim"
+        "FROM python:3.11-slim-bookworm AS base"
     for line in text.splitlines():
         if line.startswith("COPY"):
             for src in line.split()[1:-1]:

@@ -80,13 +80,22 @@ the second argument. Usage: include "mirec.image" (list .Values.image .Chart.App
 {{- include "mirec.image" (list .Values.image .Chart.AppVersion) }}
 {{- end }}
 
+{{/*
+mirec's TorchServe image (Dockerfile target `torchserve`): tag "" = the chart's appVersion; with
+torchserve.gpu.enabled the CUDA build, torchserve.gpu.imageTag or "<tag>-gpu". A digest wins over both.
+*/}}
 {{- define "mirec.torchserveImage" -}}
 {{- $img := deepCopy .Values.torchserve.image }}
-{{- if and .Values.torchserve.gpu.enabled (not $img.digest) }}
-{{- $_ := set $img "tag" .Values.torchserve.gpu.imageTag }}
+{{- $tag := default .Chart.AppVersion $img.tag | toString }}
+{{- if .Values.torchserve.gpu.enabled }}
+{{- $tag = default (printf "%s-gpu" $tag) .Values.torchserve.gpu.imageTag | toString }}
 {{- end }}
-{{- include "mirec.image" (list $img "0.12.0-cpu") }}
+{{- $_ := set $img "tag" $tag }}
+{{- include "mirec.image" (list $img .Chart.AppVersion) }}
 {{- end }}
+
+{{/* Where the TorchServe image writes its logs (LOG_LOCATION, METRICS_LOCATION): an emptyDir. */}}
+{{- define "mirec.torchserveLogDir" -}}/home/model-server/logs{{- end }}
 
 {{/* Whether the TorchServe container runs inside the serving pod (standalone mode). */}}
 {{- define "mirec.torchserveLocal" -}}
