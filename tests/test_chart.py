@@ -46,10 +46,14 @@ FULL = f"{RELEASE}-mirec"
 # Render profiles: name -> extra helm arguments.
 KSERVE = ["--set", "kserve.enabled=true", "--set", "kserve.storageUri=s3://mirec-models/torchserve/v3",
           "--set", "kserve.canaryTrafficPercent=10"]
+# RawDeployment (no Knative, no canary): the chart adds a NetworkPolicy on the predictor pods.
+KSERVE_RAW = ["--set", "kserve.enabled=true", "--set", "kserve.storageUri=s3://mirec-models/torchserve/v3",
+              "--set", "kserve.deploymentMode=RawDeployment"]
 PROFILES: dict[str, list[str]] = {
     "default": [],
     "production": ["-f", str(PROD_VALUES)],
     "kserve": KSERVE,
+    "kserve-raw": KSERVE_RAW,
     "production-kserve-gpu": ["-f", str(PROD_VALUES), *KSERVE, "--set", "torchserve.gpu.enabled=true"],
     "gpu-url-store-external-redis": [
         "--set", "torchserve.gpu.enabled=true",
@@ -174,7 +178,7 @@ def schema_validator(path: Path):
 
 
 # ------------------------------------------------------------------------------------ helm lint
-@pytest.mark.parametrize("profile", ["default", "production", "kserve"])
+@pytest.mark.parametrize("profile", ["default", "production", "kserve", "kserve-raw"])
 def test_helm_lint_strict(helm, profile):
     proc = _helm(helm, "lint", "--strict", str(CHART), *PROFILES[profile], check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -261,6 +265,8 @@ def test_kserve_mode_renders_strictly_valid_inferenceservice(helm, profile):
     assert list(validator.iter_errors(bad)), "strict InferenceService schema accepted an unknown field"
 
     pred = isvc["spec"]["predictor"]
+    # the token-less predictor stays off KServe's external gateway
+    assert isvc["metadata"]["labels"]["networking.kserve.io/visibility"] == "cluster-local"
     assert pred["model"]["modelFormat"]["name"] == "pytorch"
     assert pred["canaryTrafficPercent"] == 10
     assert pred["model"]["storageUri"].startswith("s3://")
@@ -425,10 +431,14 @@ def test_torchserve_management_and_inference_ports_are_not_exposed(helm, profile
     for svc in by_kind(docs, "Service"):
         for p in svc["spec"]["ports"]:
             assert p["port"] not in (8080, 8081) and p.get("targetPort") not in (8080, 8081, "ts-inference"), svc
+    api_pods = [{"podSelector": {"matchLabels": one(docs, "Deployment", f"{FULL}-serving")["spec"]["selector"]
+                                 ["matchLabels"]}}]
     for np in by_kind(docs, "NetworkPolicy"):
         for rule in np["spec"].get("ingress", []):
             for p in rule.get("ports", []):
-                assert p["port"] not in (8080, 8081, "ts-inference"), np["metadata"]["name"]
+                assert p["port"] not in (8081, "ts-inference"), np["metadata"]["name"]
+                if p["port"] == 8080:  # only the KServe predictor's port (RawDeployment), only for the API pods
+                    assert np["metadata"]["name"] == f"{FULL}-ts-predictor" and rule["from"] == api_pods, np
     if profile.startswith("production") or profile == "default":
         assert by_kind(docs, "NetworkPolicy"), "NetworkPolicy must be on"
     if not ts:
@@ -500,6 +510,93 @@ def test_torchserve_model_snapshot_and_gpu(helm):
     ts = next(c for c in pod_spec(one(cpu, "Deployment", f"{FULL}-serving"))["containers"] if c["name"] == "torchserve")
     assert ts["image"] == f"ghcr.io/mirec-project/mirec-torchserve:{app_version}"
     assert "nvidia.com/gpu" not in ts["resources"]["limits"]
+
+
+def _pod_labels(doc: dict) -> dict:
+    if doc["kind"] == "Pod":
+        return doc["metadata"].get("labels", {})
+    template = doc["spec"]["jobTemplate"]["spec"]["template"] if doc["kind"] == "CronJob" else doc["spec"]["template"]
+    return template["metadata"].get("labels", {})
+
+
+def _predictor_policies(docs: list[dict]) -> list[dict]:
+    return [np for np in by_kind(docs, "NetworkPolicy")
+            if "serving.kserve.io/inferenceservice" in np["spec"]["podSelector"].get("matchLabels", {})]
+
+
+def test_kserve_raw_predictor_network_policy_admits_only_the_api_pods(helm):
+    """KServe mode turns TorchServe's token auth off in the predictor (the API has no key across pods); in
+    RawDeployment mode a NetworkPolicy on the predictor pods is the compensating control: the predictor port
+    from this release's API pods only, the metrics port from networkPolicy.metricsFrom, every other port closed."""
+    from mirec.serving.tsconfig import ModelServing, ServerSettings, parse_properties, render_config_properties
+
+    docs = render(helm, "kserve-raw")
+    (isvc,) = by_kind(docs, "InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    (np,) = _predictor_policies(docs)
+    assert np["metadata"]["name"] == f"{FULL}-ts-predictor" == f"{isvc['metadata']['name']}-predictor"
+    # KServe labels every predictor pod serving.kserve.io/inferenceservice=<InferenceService name>
+    isvc_label = {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
+    assert np["spec"]["podSelector"] == {"matchLabels": isvc_label}
+    assert np["spec"]["policyTypes"] == ["Ingress"] and "egress" not in np["spec"]
+    rules = {tuple(p["port"] for p in r["ports"]): r for r in np["spec"]["ingress"]}
+    assert set(rules) == {(8080,), (8082,)}
+    # 8080: the predictor port (TorchServe's inference API in mirec's image, TS_INFERENCE_ADDRESS)
+    env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["model"]["env"]}
+    assert env["TS_INFERENCE_ADDRESS"] == "http://0.0.0.0:8080"
+    serving = one(docs, "Deployment", f"{FULL}-serving")
+    api_labels = serving["spec"]["selector"]["matchLabels"]
+    assert rules[(8080,)]["from"] == [{"podSelector": {"matchLabels": api_labels}}]  # same namespace, API pods only
+    assert [c["name"] for c in pod_spec(serving)["containers"]] == ["api"]
+    assert api_labels.items() <= serving["spec"]["template"]["metadata"]["labels"].items()
+    others = [d["metadata"]["name"] for d in docs
+              if d["kind"] in POD_KINDS and d is not serving and api_labels.items() <= _pod_labels(d).items()]
+    assert not others, f"the API pod selector also matches {others}"
+    # 8082: TorchServe's metrics port as the kserve profile of `mirec package` writes it; scrapers as for the API
+    ks = parse_properties(render_config_properties([ModelServing(name="mirec_a", mar="mirec_a.mar")],
+                                                   ServerSettings(profile="kserve")))
+    assert ks["metrics_address"] == "http://0.0.0.0:8082"
+    metrics_from = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]["metricsFrom"]
+    assert metrics_from and rules[(8082,)]["from"] == metrics_from
+    # networkPolicy.enabled=false switches it off with the others
+    out = _helm(helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--skip-tests", *KSERVE_RAW,
+                "--set", "networkPolicy.enabled=false").stdout
+    assert not by_kind([d for d in yaml.safe_load_all(out) if d], "NetworkPolicy")
+
+
+@pytest.mark.parametrize("profile", ["default", "production", "kserve", "production-kserve-gpu"])
+def test_no_predictor_network_policy_outside_kserve_raw_deployment(helm, profile):
+    """Standalone mode has no predictor; Serverless (Knative) traffic comes through the activator/queue-proxy,
+    which a pod-to-pod policy would cut off: the predictor relies on KServe's/the mesh's auth there."""
+    docs = render(helm, profile)
+    assert not _predictor_policies(docs)
+    assert not [np for np in by_kind(docs, "NetworkPolicy") if np["metadata"]["name"].endswith("-predictor")]
+    if "kserve" in profile:
+        (isvc,) = by_kind(docs, "InferenceService")
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+
+
+@pytest.mark.parametrize("profile", ["default", "kserve", "kserve-raw"])
+def test_api_and_torchserve_agree_on_token_auth(helm, profile):
+    """The API sends a token exactly when TorchServe asks for one. Standalone: the chart's config.properties keeps
+    token auth on and the API reads the shared key_file.json. KServe: the API has no key file (it would live in the
+    predictor pod), so the config.properties that `mirec package --profile kserve` puts in the bucket turns token
+    auth off (else every prediction would get TorchServe's 400 token error)."""
+    from mirec.serving.tsconfig import ModelServing, ServerSettings, parse_properties, render_config_properties
+
+    docs = render(helm, profile)
+    settings = yaml.safe_load(configmap_file(docs, f"{FULL}-api", "api.yaml"))
+    if profile == "default":
+        props = properties(configmap_file(docs, f"{FULL}-torchserve", "config.properties"))
+        assert props["disable_token_authorization"] == "false"
+        assert settings["torchserve_token_file"] == "/var/run/torchserve/key_file.json"
+        return
+    models = [ModelServing(name=m, mar=f"{m}.mar") for m in ("mirec_a", "mirec_b")]
+    packaged = parse_properties(render_config_properties(models, ServerSettings(profile="kserve")))
+    assert settings["torchserve_token_file"] is None
+    assert packaged["disable_token_authorization"] == "true"
+    assert settings["torchserve_url"] == f"http://{FULL}-ts-predictor.{NAMESPACE}.svc.cluster.local"
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == f"{FULL}-torchserve"]
 
 
 # ------------------------------------------------------------------------- wiring / contracts
@@ -682,7 +779,9 @@ def test_notes_render(helm, tmp_path):
         '  notes: {{ include "notes.copy" . | toJson }}\n')
     for profile, expect in [("default", ["key_file.json", "ReadWriteOnce", "port-forward svc/rec-mirec-api"]),
                             ("production", ["A=mirec_a@0.9", "fetched at pod start"]),
-                            ("kserve", ["InferenceService rec-mirec-ts", "canary: 10%"])]:
+                            ("kserve", ["InferenceService rec-mirec-ts", "canary: 10%",
+                                        "Token authorization is off in the predictor", "Serverless mode: protect"]),
+                            ("kserve-raw", ["RawDeployment", "NetworkPolicy rec-mirec-ts-predictor admits only"])]:
         out = _helm(helm, "template", RELEASE, str(chart), "-n", NAMESPACE, "--skip-tests",
                     "--show-only", "templates/notes-copy.yaml", *PROFILES[profile]).stdout
         text = yaml.safe_load(out)["data"]["notes"]

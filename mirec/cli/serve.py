@@ -27,7 +27,8 @@ def package_cmd(
     version: str = typer.Option("1.0", help="Version string stored in every MAR."),
     aggregator: str = typer.Option("merge", help="Aggregator name from mirec.retrieval's registry."),
     profile: str = typer.Option("local", help="config.properties profile: local (loopback, no token auth) | "
-                                "production (token auth on) | kserve."),
+                                "production (token auth on) | kserve (token auth off: the API, in another pod, "
+                                "has no key)."),
     workers: int = typer.Option(1, min=1, help="Workers per model."),
     batch_size: int = typer.Option(8, min=1, help="TorchServe batch size per model."),
     max_batch_delay_ms: int = typer.Option(1, min=0, help="TorchServe max batch delay (ms): how long a batch waits to fill."),

@@ -5,7 +5,10 @@ Profiles:
   production  - inference + metrics on 0.0.0.0, management on 127.0.0.1, token authorization ON (the
                 TorchServe default; clients read key_file.json).
   kserve      - production + KServe's conventions: inference on :8085, model store /mnt/models/model-store,
-                environment overrides enabled (the runtime mounts this file as /mnt/models/config/config.properties).
+                environment overrides enabled (the runtime mounts this file as /mnt/models/config/config.properties),
+                and token authorization DISABLED: the API runs in another pod and cannot read the predictor's
+                key_file.json; the chart protects the predictor with a NetworkPolicy (RawDeployment) or leaves it
+                to KServe's / the mesh's authentication (Serverless), see docs/helm.md.
 Per-model workers / batch size / max batch delay / response timeout go into `model_snapshot`.
 """
 
@@ -88,6 +91,11 @@ def render_config_properties(models: list[ModelServing], server: ServerSettings 
         lines.append("# local/test only: token authorization explicitly disabled (keep it on in production)")
         lines.append("disable_token_authorization=true")
     if s.profile == "kserve":
+        lines += ["# KServe: the API runs in another pod and has no key (TorchServe writes key_file.json inside",
+                  "# the predictor pod; no key file is shared across pods), so token authorization is off. The",
+                  "# predictor is reachable inside the cluster only: the chart's NetworkPolicy admits just the API",
+                  "# pods (RawDeployment); in Serverless mode KServe's/the mesh's own authentication protects it.",
+                  "disable_token_authorization=true"]
         lines += ["enable_envvars_config=true", "grpc_inference_port=7070", "grpc_management_port=7071",
                   # the runtime starts TorchServe without --log-config: point the JVM at the packaged one
                   f"vmargs=-Dlog4j.configurationFile=file://{KSERVE_LOG_CONFIG}"]
