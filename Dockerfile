@@ -86,7 +86,10 @@ RUN mkdir -p /usr/share/man/man1 \
 # MIREC_FEAST_REPO cleared: the handler turns on its own (opt-in) Feast lookup when it is set, and the base
 # stage points it at the development repo in /app/feature_repo.
 # NVIDIA_DRIVER_CAPABILITIES: the GPU build needs nvidia-smi in the container (TorchServe counts GPUs with it).
+# GLIBC_TUNABLES: malloc asks for transparent huge pages, so the FAISS index is mapped with 2 MB pages
+# (HNSW at 10^6 items ~15% faster; mirec/serving/tsconfig.py HUGEPAGE_TUNABLE).
 ENV JAVA_HOME=/usr/lib/jvm/java-17 \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     TEMP=/tmp \
     LOG_LOCATION=/home/model-server/logs \
     METRICS_LOCATION=/home/model-server/logs \

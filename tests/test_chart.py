@@ -1034,6 +1034,9 @@ def test_torchserve_target_has_python_311_the_locked_dependencies_and_java_17(he
     assert any(r.rstrip().endswith("-e .") or "pip install --no-deps -e ." in r for r in runs), "project not installed"
     env = " ".join(a for k, a in chain[-1]["instructions"] if k == "ENV")
     assert 'MIREC_FEAST_REPO=""' in env, "the handler would turn on its own Feast lookup with the base stage's repo"
+    from mirec.serving.tsconfig import HUGEPAGE_TUNABLE
+
+    assert f"GLIBC_TUNABLES={HUGEPAGE_TUNABLE}" in env, "the worker's FAISS index would be mapped with 4 KB pages"
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert _last(chain, "USER") == str(values["containerSecurityContext"]["runAsUser"]) == "10001"
     # the image's default command is the chart's TorchServe command line

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
@@ -150,6 +151,22 @@ def test_batching_one_response_per_request(stack):
     ts_log = (stack.ts.log_dir / "ts_log.log").read_text()
     assert "Backend response time" not in ts_log and "Sending response for jobId" not in ts_log
     assert "Model server started" in (stack.ts.log_dir / "torchserve.stdout").read_text()
+
+
+def test_workers_run_with_hugepage_malloc(stack):
+    """The workers (which hold the FAISS index) inherit GLIBC_TUNABLES=glibc.malloc.hugetlb=1 from
+    TorchServeProcess; with THP available they then really hold anonymous huge pages."""
+    from mirec.serving.tsconfig import HUGEPAGE_TUNABLE
+
+    workers = [p for p in map(psutil.Process, stack.ts.pids()) if "model_service_worker" in " ".join(p.cmdline())]
+    assert len(workers) == 2  # mirec_a, mirec_b
+    for w in workers:
+        assert HUGEPAGE_TUNABLE in w.environ().get("GLIBC_TUNABLES", "")
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[never]" not in thp.read_text():
+        huge = [int(line.split()[1]) for w in workers
+                for line in Path(f"/proc/{w.pid}/smaps_rollup").read_text().splitlines() if line.startswith("AnonHugePages:")]
+        assert sum(huge) > 0, huge
 
 
 def test_served_log_and_metrics(stack):

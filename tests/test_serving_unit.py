@@ -333,3 +333,12 @@ def test_package_tunes_the_ann_index_to_the_target_recall(tmp_path, caplog):
     assert "sparse: the hnsw index does not reach recall@100 0.999" in caplog.text
     flat = stage_candidate(tmp_path / "d", model, cfg, items, name="d", copy_code=False, index=IndexSpec(kind="flat"))
     assert flat["index"]["recall"] == {"recall": 1.0, "exact": True}
+
+
+def test_hugepage_malloc_tunable_is_added_not_overwritten():
+    from mirec.serving.tsconfig import HUGEPAGE_TUNABLE, with_hugepage_malloc
+
+    assert with_hugepage_malloc({})["GLIBC_TUNABLES"] == HUGEPAGE_TUNABLE
+    assert with_hugepage_malloc({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"] == \
+        f"glibc.malloc.arena_max=2:{HUGEPAGE_TUNABLE}"
+    assert with_hugepage_malloc({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"

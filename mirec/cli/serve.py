@@ -24,6 +24,9 @@ def package_cmd(
                                         "server profile); replaces the other options."),
     out: Path = typer.Option(Path("artifacts/serving"), "--out", "-o", help="Output dir: model-store/ + config/."),
     index: str = typer.Option("flat", help="FAISS index: flat | ivf | hnsw."),
+    target_recall: float = typer.Option(0.9, min=0.0, max=1.0, help="ivf/hnsw: set nprobe/efSearch to the cheapest "
+                                        "value whose recall@100 vs exact search reaches this (measured at package "
+                                        "time, written to meta.json); 0 = keep the defaults, still measured."),
     version: str = typer.Option("1.0", help="Version string stored in every MAR."),
     aggregator: str = typer.Option("merge", help="Aggregator name from mirec.retrieval's registry."),
     profile: str = typer.Option("local", help="config.properties profile: local (loopback, no token auth) | "
@@ -52,7 +55,8 @@ def package_cmd(
             ps = PackageSpec.model_validate({
                 "out_dir": str(out), "archive_format": archive_format, "server": {"profile": profile},
                 "candidates": [{"name": n, "checkpoint": str(c), "version": version, "aggregator": aggregator,
-                                "index": {"kind": index}, "workers": workers, "batch_size": batch_size,
+                                "index": {"kind": index, "target_recall": target_recall or None},
+                                "workers": workers, "batch_size": batch_size,
                                 "max_batch_delay_ms": max_batch_delay_ms} for n, c in zip(names, checkpoint)]})
         except ValidationError as exc:
             first = exc.errors()[0]

@@ -5,7 +5,8 @@
 
 - Runs `torchserve --start --foreground` in its own session (process group), cwd = workdir, with
   TMPDIR/TEMP/LOG_LOCATION/METRICS_LOCATION under workdir: logs, the pid file and the unpacked
-  models stay out of the repository and do not collide with another TorchServe on the machine.
+  models stay out of the repository and do not collide with another TorchServe on the machine;
+  GLIBC_TUNABLES asks malloc for huge pages (the FAISS index; see tsconfig.HUGEPAGE_TUNABLE).
 - Five loopback ports: inference, management, metrics and TorchServe's two gRPC ports (free ones by
   default: the gRPC defaults 7070/7071 collide with any other TorchServe on the machine).
 - The generated config.properties (profile `local`) binds to 127.0.0.1 and disables token auth;
@@ -30,7 +31,8 @@ import psutil
 import requests
 
 from mirec.errors import MirecError
-from mirec.serving.tsconfig import ModelServing, ServerSettings, render_config_properties, render_log4j2
+from mirec.serving.tsconfig import (ModelServing, ServerSettings, render_config_properties, render_log4j2,
+                                   with_hugepage_malloc)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -117,8 +119,8 @@ class TorchServeProcess:
         cfg.write_text(self.config_text())
         log_cfg = self.workdir / "log4j2.xml"
         log_cfg.write_text(render_log4j2(self.access_log))
-        env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "LOG_LOCATION": str(self.log_dir),
-               "METRICS_LOCATION": str(self.log_dir), **self.env}
+        env = {**with_hugepage_malloc(dict(os.environ)), "TMPDIR": str(tmp), "TEMP": str(tmp),
+               "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir), **self.env}
         env.pop("TS_CONFIG_FILE", None)
         cmd = [_torchserve_bin(), "--start", "--foreground", "--ncs", "--model-store", str(self.model_store),
                "--ts-config", str(cfg), "--log-config", str(log_cfg)]

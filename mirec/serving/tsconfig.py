@@ -51,6 +51,23 @@ class ServerSettings(StrictModel):
     max_request_size: int = 1 << 20
 
 
+#: glibc >= 2.35 malloc asks for transparent huge pages (madvise) on its big mmap'd chunks: the FAISS index
+#: (~0.5 GB at 10^6 items: vectors + HNSW graph) is then mapped with 2 MB pages, and HNSW's random reads take
+#: far fewer TLB misses. Measured at 10^6 items, efSearch 768, 1 thread, 3 interleaved A/B runs of a
+#: standalone worker-like process: p50 14.0-14.7 ms vs 16.1-17.0 ms, CPU 14.6-15.7 vs 17.2-18.2 ms per request.
+#: Read at process start, so it is set in the TorchServe process's environment (workers inherit it); a no-op
+#: where THP is "never" or glibc is older.
+HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def with_hugepage_malloc(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` with HUGEPAGE_TUNABLE added to GLIBC_TUNABLES (other tunables, or an explicit hugetlb, kept)."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in tunables:
+        return dict(environ)
+    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{HUGEPAGE_TUNABLE}" if tunables else HUGEPAGE_TUNABLE}
+
+
 def render_config_properties(models: list[ModelServing], server: ServerSettings | None = None) -> str:
     s = server or ServerSettings()
     if s.profile == "kserve":
