@@ -72,7 +72,7 @@ FROM base AS torchserve
 USER root
 # /usr/share/man/man1: the JRE's postinst registers man pages with update-alternatives, slim images drop the
 # folder. JAVA_HOME: an architecture-independent link to the JRE (torchserve runs $JAVA_HOME/bin/java).
-COPY docker/torchserve-entrypoint.sh /usr/local/bin/mirec-torchserve-entrypoint
+COPY serving/torchserve-entrypoint.sh /usr/local/bin/mirec-torchserve-entrypoint
 RUN mkdir -p /usr/share/man/man1 \
     && apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
@@ -104,7 +104,7 @@ RUN torchserve --version \
 
 EXPOSE 8080 8082
 # The entrypoint runs `torchserve ...` in the foreground (also KServe's `torchserve --start ...`) and turns
-# SIGTERM into `torchserve --stop`; see docker/torchserve-entrypoint.sh.
+# SIGTERM into `torchserve --stop`; see serving/torchserve-entrypoint.sh.
 ENTRYPOINT ["mirec-torchserve-entrypoint"]
 CMD ["torchserve", "--foreground", "--ts-config", "/etc/torchserve/config.properties", "--log-config", "/etc/torchserve/log4j2.xml", "--model-store", "/home/model-server/model-store", "--ncs"]
 

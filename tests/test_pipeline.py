@@ -391,3 +391,21 @@ def test_distributed_training_exchange_through_shared_volume(tmp_path, monkeypat
     with pytest.raises(ConfigError):  # no shared volume mounted
         steps.train_candidate(ds, tmp_path / "m2", "A", {"name": "mind"}, {}, epochs=1,
                               distributed={"enabled": True, "shared_dir": str(tmp_path / "nope"), "image": "x"})
+
+
+def test_no_top_level_folder_shadows_a_python_module():
+    """The repository root is on sys.path (pytest, `python -m`, kfp's local runner), so a folder there becomes an
+    importable (namespace) package: a `docker/` folder once made kfp's local runner fail with "module 'docker'
+    has no attribute 'DockerClient'" (kfp imports docker-py, absent here, and caught only the ImportError).
+    Every top-level folder is therefore listed here on purpose, and none is named like an installed package."""
+    import importlib.metadata
+
+    root = Path(__file__).resolve().parents[1]
+    packages = {"mirec", "components", "pipelines", "serving", "monitoring", "feature_repo", "benchmarks", "tests"}
+    not_modules = {"docs", "charts", "k8s", "scripts", "artifacts", "mirec.egg-info", "build", "dist"}
+    folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders <= packages | not_modules, f"new top-level folder(s) {sorted(folders - packages - not_modules)}: " \
+        "check the name shadows no module anything imports, then list it here"
+    # feast's wheel ships a stray top-level `docs` package that nothing imports
+    shadowing = (folders - packages - {"docs"}) & set(importlib.metadata.packages_distributions())
+    assert not shadowing, sorted(shadowing)
