@@ -96,14 +96,13 @@ class ItemIndex:
 
     def set_effort(self, value: int) -> None:
         """efSearch (HNSW) or nprobe (IVF); a Flat index is exact and has none."""
-        if self.kind == "hnsw":
-            self.index.hnsw.efSearch = int(value)
-        elif self.kind == "ivf":
-            value = min(int(value), self.params["nlist"])
-            self.index.nprobe = value
-        else:
+        if self.kind == "flat":
             raise ValueError("a flat index has no search effort")
-        self.params[self.effort_name] = int(value)
+        value = min(int(value), self.params["nlist"]) if self.kind == "ivf" else int(value)
+        # FAISS's parameter space sets it on CPU and GPU indexes alike (a GPU IVF has no plain nprobe field)
+        space = faiss.GpuParameterSpace() if self.params.get("gpu") else faiss.ParameterSpace()
+        space.set_index_parameter(self.index, {"hnsw": "efSearch", "ivf": "nprobe"}[self.kind], value)
+        self.params[self.effort_name] = value
 
     def recall(self, item_vectors: np.ndarray, queries: np.ndarray, k: int,
                exact: np.ndarray | None = None) -> float:

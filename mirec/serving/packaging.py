@@ -199,7 +199,7 @@ def stage_candidate(stage_dir: str | Path, model, model_cfg, items, *, name: str
         recall = {"recall": 1.0, "exact": True}
     elif getattr(model, "is_neural", True):
         queries = sample_interest_queries(model, model_cfg.max_len, df["popularity"].to_numpy(), index.recall_queries)
-        if index.target_recall is not None and idx.kind != "flat":
+        if index.target_recall is not None:
             recall = idx.tune(vecs, queries, index.recall_k, index.target_recall)
         else:
             k = min(index.recall_k, len(df))
