@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mirec.retrieval import ItemIndex  # noqa: E402
+from mirec.retrieval.index import EFFORT_PARAM  # noqa: E402
 from mirec.serving.packaging import IndexSpec, build_mar, copy_mirec_code, stage_candidate  # noqa: E402
 from mirec.serving.service import RecommendService, configure_threads, freeze_loaded_objects  # noqa: E402
 from mirec.serving.torchserve import TorchServeProcess, free_port  # noqa: E402
@@ -270,7 +271,7 @@ def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, w
     build_mar(stage, name, "bench", store, archive_format="no-archive")
     meta_index = dict(meta["index"])
     if effort is not None and kind != "flat":  # serve the same index at another operating point
-        key = "ef_search" if kind == "hnsw" else "nprobe"
+        key = EFFORT_PARAM[kind]
         spec = json.loads((store / name / "index.json").read_text())
         spec["params"][key] = meta_index[key] = effort
         (store / name / "index.json").write_text(json.dumps(spec))
@@ -339,7 +340,7 @@ def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, w
 
 
 def _effort(r: dict) -> int | None:
-    return next((r["index_params"][k] for k in ("ef_search", "nprobe") if k in r.get("index_params", {})), None)
+    return r.get("index_params", {}).get(EFFORT_PARAM.get(r["index"]))
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -438,7 +439,7 @@ def main() -> None:
 def curve_markdown(curves: list[dict]) -> str:
     lines = ["| items | index | effort | answer recall@50 | in-process p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
     for c in curves:
-        e = next(f"{k} {c[k]}" for k in ("ef_search", "nprobe") if k in c)
+        e = f"{EFFORT_PARAM[c['index']]} {c[EFFORT_PARAM[c['index']]]}"
         lines.append(f"| {c['items']:,} | {c['index']} | {e} | {c['answer_recall']} | {c['p50_ms']} | {c['p99_ms']} |")
     return "\n".join(lines)
 
@@ -457,7 +458,7 @@ def plot_curves(curves: list[dict], path: Path) -> None:
             ax.plot([c[q] for c in pts], [c["answer_recall"] for c in pts], style,
                     label=f"{key[1]} {key[0]:,} items, {q[:3]}")
         for c in pts:
-            e = next(c[k] for k in ("ef_search", "nprobe") if k in c)
+            e = c[EFFORT_PARAM[c["index"]]]
             ax.annotate(str(e), (c["p50_ms"], c["answer_recall"]), fontsize=7, xytext=(3, -8), textcoords="offset points")
     ax.axvline(10, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("in-process latency per request, ms (1 thread)")

@@ -38,8 +38,7 @@ def package_cmd(
     archive_format: str = typer.Option("default", help="default (.mar) | no-archive (a folder; faster for big indexes)."),
 ) -> None:
     """Package trained candidates as TorchServe MARs (+ config.properties) for TorchServe / KServe."""
-    from pydantic import ValidationError
-
+    from mirec.config import validate_config
     from mirec.serving.packaging import PackageSpec, load_package_spec, package
 
     if spec is not None:
@@ -51,16 +50,12 @@ def package_cmd(
         if names and len(names) != len(checkpoint):
             raise ConfigError(f"{len(names)} --name for {len(checkpoint)} --checkpoint")
         names = names or [f"mirec_{chr(ord('a') + i)}" for i in range(len(checkpoint))]
-        try:
-            ps = PackageSpec.model_validate({
-                "out_dir": str(out), "archive_format": archive_format, "server": {"profile": profile},
-                "candidates": [{"name": n, "checkpoint": str(c), "version": version, "aggregator": aggregator,
-                                "index": {"kind": index, "target_recall": target_recall or None},
-                                "workers": workers, "batch_size": batch_size,
-                                "max_batch_delay_ms": max_batch_delay_ms} for n, c in zip(names, checkpoint)]})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ConfigError(f"invalid option '{'.'.join(map(str, first['loc']))}': {first['msg']}") from None
+        ps = validate_config(PackageSpec, {
+            "out_dir": str(out), "archive_format": archive_format, "server": {"profile": profile},
+            "candidates": [{"name": n, "checkpoint": str(c), "version": version, "aggregator": aggregator,
+                            "index": {"kind": index, "target_recall": target_recall or None},
+                            "workers": workers, "batch_size": batch_size,
+                            "max_batch_delay_ms": max_batch_delay_ms} for n, c in zip(names, checkpoint)]})
     package(ps, log=typer.echo)
 
 

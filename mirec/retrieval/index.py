@@ -11,6 +11,8 @@ import numpy as np
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
+#: the index parameter (in ItemIndex.params, index.json and meta.json) that sets an index kind's search effort
+EFFORT_PARAM = {"hnsw": "ef_search", "ivf": "nprobe"}
 #: search-effort values tried by `ItemIndex.tune` (efSearch for HNSW, nprobe for IVF), cheapest first
 EFFORT_LADDER = {"hnsw": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048),
                  "ivf": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)}
@@ -92,7 +94,7 @@ class ItemIndex:
     # ---- search effort and measured recall ----------------------------------------------------------
     @property
     def effort_name(self) -> str | None:
-        return {"hnsw": "ef_search", "ivf": "nprobe"}.get(self.kind)
+        return EFFORT_PARAM.get(self.kind)
 
     def set_effort(self, value: int) -> None:
         """efSearch (HNSW) or nprobe (IVF); a Flat index is exact and has none."""

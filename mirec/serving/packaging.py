@@ -288,6 +288,8 @@ def write_server_config(out_dir: str | Path, models: list[ModelServing], server:
 def package(spec: PackageSpec, candidates: dict | None = None, log=print) -> dict:
     """Build every candidate's MAR and the config. `candidates` may map a name to an in-memory
     (model, model_cfg, items, metrics) tuple instead of reading `checkpoint` (tests, benchmarks)."""
+    from mirec.retrieval.index import EFFORT_PARAM
+
     out = Path(spec.out_dir)
     store = out / "model-store"
     names = [c.name for c in spec.candidates]
@@ -309,7 +311,8 @@ def package(spec: PackageSpec, candidates: dict | None = None, log=print) -> dic
                        "metrics": meta["metrics"], "seconds": round(time.perf_counter() - t0, 2)})
         ix = meta["index"]
         rec = ix.get("recall") or {}
-        effort = next((f", {k}={ix[k]}" for k in ("ef_search", "nprobe") if k in ix), "")
+        knob = EFFORT_PARAM.get(ix["kind"])
+        effort = f", {knob}={ix[knob]}" if knob else ""
         quality = "" if not rec or rec.get("exact") else (
             f", recall@{rec['recall_k']} {rec['recall']:.3f} vs exact{effort}"
             + ("" if rec.get("met", True) else f" (BELOW target {rec['target_recall']})"))
