@@ -11,3 +11,11 @@ class DataError(MirecError):
 
 class ConfigError(MirecError):
     """A configuration file or value that cannot be used."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """An unknown registry name (model, baseline, ...): a ConfigError for the CLI (one line, exit 2) and a
+    KeyError for code that looks names up. str() is the plain message (KeyError's str would quote it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

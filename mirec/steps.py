@@ -882,8 +882,14 @@ def summarize_run(run_dir: str | Path, wall_s: float | None = None) -> str:
     for n in CANDIDATES:
         tr = _one(s, "train_candidate", n)
         if tr:
-            lines.append(f"train {n}   : {tr.get('model')} K={tr.get('K')} {tr.get('epochs')} epochs, "
+            tm = tr.get("train_metrics") or {}
+            budget = (f"{tm.get('epochs')} of at most {tr.get('epochs')} epochs, best at {tm.get('best_epoch')}, "
+                      f"stopped by {tm.get('stopped_by')}") if tm.get("stopped_by") else f"{tr.get('epochs')} epochs"
+            lines.append(f"train {n}   : {tr.get('model')} K={tr.get('K')} {budget}, "
                          f"{tr.get('seconds')}s, {tr.get('mode')}  [{tr['path']}]")
+            if tm.get("stopped_by") in ("epochs", "max_time_s", "max_steps"):
+                lines.append(f"            (a reduced budget: the {tm['stopped_by']} cap ended training before early "
+                             "stopping did; raise the pipeline's `epochs` / train_config for a full run)")
     if d:
         lines += ["", comparison_table(d), "", f"winner: {d['winner']} (by {d['primary']})"]
         for n, cd in d["candidates"].items():

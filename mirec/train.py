@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -51,22 +51,44 @@ LOG_FILE, CURVE_FILE = "metrics.jsonl", "training_curve.png"
 
 
 class TrainConfig(StrictModel):
-    epochs: int = Field(5, ge=1)
+    """How a model is trained. Defaults measured in benchmarks/quality.py (docs/models.md, "Defaults")."""
+
+    #: an epoch is one full pass over the training examples (samples_per_epoch caps it); `epochs` is the
+    #: most epochs, early stopping on validation Recall@50 (`patience` evaluations without a better one)
+    #: usually ends sooner, and `max_time_s` bounds the wall time; the best checkpoint is the one kept.
+    epochs: int = Field(100, ge=1)
+    patience: int = Field(5, ge=1)
+    max_time_s: float | None = Field(None, gt=0)
+    samples_per_epoch: int | None = Field(None, ge=1)  # examples drawn per epoch (None = all of them)
+    #: "positions": every (sequence, position) example once per epoch; "users": as many examples drawn
+    #: with every user equally likely (ComiRec's sampler)
+    sampling: Literal["positions", "users"] = "positions"
     batch_size: int = Field(256, ge=2)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)  # L2 (adam) or decoupled (adamw)
+    schedule: Literal["constant", "cosine", "step"] = "constant"  # lr after warm-up
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up
+    step_decay: float = Field(0.5, gt=0, le=1)  # "step": lr × step_decay every step_epochs epochs
+    step_epochs: int = Field(10, ge=1)
+    #: logit = cos(u, v)/temperature for models with similarity "cos" (ignored for "dot")
+    temperature: float = Field(0.1, gt=0)
+    learn_temperature: bool = False  # τ becomes a trained parameter, starting at `temperature`
     negatives: Literal["uniform", "in_batch", "mixed"] = "mixed"
-    num_negatives: int = Field(256, ge=1)  # uniform (or hard) negatives per batch / example
+    num_negatives: int = Field(1024, ge=1)  # uniform (or hard) negatives per batch / example
     logq: bool = False
+    #: the example's own history items as extra negatives (accidental hits masked). Meant for data without
+    #: re-consumption (movies: the future never repeats the past); "auto" = on when under 1% of training
+    #: targets repeat an item of their history window (`Examples.repeat_rate`). Off by default: no gain
+    #: measured on ml-latest-small (docs/models.md).
+    history_negatives: Literal["auto", "on", "off"] = "off"
     remi_rr_weight: float = Field(0.0, ge=0)  # 0 = routing regularisation off
     remi_hard_neg_beta: float = Field(0.0, ge=0)  # 0 = interest-aware hard negatives off
     hard_neg_pool: int = Field(20000, ge=1)
     grad_clip: float | None = Field(5.0, gt=0)
-    patience: int = Field(3, ge=1)  # evaluations without a better validation Recall@50
     eval_every: int = Field(1, ge=1)  # epochs
     eval_max_users: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
-    samples_per_epoch: int | None = Field(12800, ge=1)  # examples drawn per epoch (None = all of them)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on CUDA, off on CPU
@@ -112,7 +134,9 @@ def write_diversity_calibration(checkpoint_dir: str | Path, ds: Dataset, target_
 
 def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultiInterestModel, ModelConfig]:
     d = Path(checkpoint_dir)
-    cfg = ModelConfig.model_validate_json((d / MODEL_CONFIG).read_text())
+    raw = json.loads((d / MODEL_CONFIG).read_text())
+    raw.setdefault("similarity", "dot")  # checkpoints written before `similarity` existed scored by inner product
+    cfg = ModelConfig.model_validate(raw)
     model = build(cfg)
     model.load_state_dict(torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True))
     return model.to(device).eval(), cfg
@@ -135,10 +159,30 @@ class Examples:
     def __len__(self) -> int:
         return len(self.sid)
 
-    def batches(self, batch_size: int, rng: np.random.Generator, limit: int | None = None) -> list[np.ndarray]:
+    def repeat_rate(self, sample: int = 20000, seed: int = 0) -> float:
+        """Share of examples whose target already occurs in its history window (on a sample)."""
+        if not len(self):
+            return 0.0
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(self), size=min(sample, len(self)), replace=False)
+        hits = 0
+        for i in idx:
+            s, t = self.seqs[self.sid[i]], self.pos[i]
+            hits += bool(np.any(s[max(0, t - self.max_len): t] == s[t]))
+        return hits / len(idx)
+
+    def batches(self, batch_size: int, rng: np.random.Generator, limit: int | None = None,
+                per_user: bool = False) -> list[np.ndarray]:
         """Length-bucketed shuffled batches: shuffle, sort by length inside chunks of 50 batches,
-        cut into batches, shuffle the batch order."""
-        idx = rng.permutation(len(self))[: limit or len(self)]
+        cut into batches, shuffle the batch order. per_user: the epoch's examples are drawn with
+        replacement so that every user is equally likely (a user's positions share 1/n_users), instead of
+        every position once (which lets the longest sequences dominate)."""
+        n = limit or len(self)
+        if per_user:
+            w = 1.0 / np.bincount(self.sid)[self.sid]
+            idx = rng.choice(len(self), size=n, p=w / w.sum())
+        else:
+            idx = rng.permutation(len(self))[:n]
         chunk = batch_size * 50
         out = []
         for s in range(0, len(idx), chunk):
@@ -185,25 +229,51 @@ def hard_negatives(interests: torch.Tensor, item_table: torch.Tensor, count: int
 
 
 class LossModule(nn.Module):
-    """Wraps the model so that the whole loss is one forward pass (what DDP wraps)."""
+    """Wraps the model so that the whole loss is one forward pass (what DDP wraps).
 
-    def __init__(self, model: MultiInterestModel, cfg: TrainConfig, target_freq: np.ndarray):
+    logits: cos(u, v)/τ (model similarity "cos"; τ fixed or learned) or u·v ("dot"). The positive's
+    logit against shared uniform and/or in-batch negatives, accidental hits masked, optional log-Q."""
+
+    def __init__(self, model: MultiInterestModel, cfg: TrainConfig, target_freq: np.ndarray,
+                 history_negatives: bool = False):
         super().__init__()
         self.model, self.cfg = model, cfg
+        self.history_negatives = history_negatives
         n = model.cfg.n_items
         p = np.zeros(n + 1)
         p[1: len(target_freq) + 1] = target_freq[:n]
         self.register_buffer("p_target", torch.tensor(p / max(p.sum(), 1), dtype=torch.float32), persistent=False)
+        self.cosine = model.cfg.similarity == "cos"
+        log_inv_tau = torch.tensor(float(-np.log(cfg.temperature)))
+        if self.cosine and cfg.learn_temperature:
+            self.log_inv_tau = nn.Parameter(log_inv_tau)
+        else:
+            self.register_buffer("log_inv_tau", log_inv_tau, persistent=False)
+
+    @property
+    def scale(self) -> torch.Tensor | float:
+        """1/τ for cosine logits (clamped to τ ≥ 0.01 when learned), 1 for inner products."""
+        return self.log_inv_tau.clamp(max=float(np.log(100))).exp() if self.cosine else 1.0
+
+    @property
+    def temperature(self) -> float:
+        return float(1 / self.scale.detach()) if self.cosine else 1.0
 
     def forward(self, seq, mask, tgt, uni_neg):
         cfg, m = self.cfg, self.model
-        user, interests = m(seq, mask, tgt)  # [B, d], [B, K, d]
-        E = m.item_emb
+        scale = self.scale
+        user, interests = m(seq, mask, tgt, scale)  # [B, d], [B, K, d] (unit length under cosine)
+
+        def E(ids):  # item vectors in score space
+            return m.to_score_space(m.item_emb(ids))
+
         pos = (user * E(tgt)).sum(-1, keepdim=True)  # [B, 1]
         cols, ids = [pos], [tgt[:, None]]
         hard = cfg.remi_hard_neg_beta > 0
         if hard:
-            neg = hard_negatives(interests, E.weight, cfg.num_negatives, cfg.remi_hard_neg_beta, cfg.hard_neg_pool)
+            table = m.to_score_space(m.item_emb.weight)
+            beta = cfg.remi_hard_neg_beta * float(scale.detach() if torch.is_tensor(scale) else scale)  # logit units
+            neg = hard_negatives(interests, table, cfg.num_negatives, beta, cfg.hard_neg_pool)
             cols.append(torch.einsum("bd,bmd->bm", user, E(neg)))  # [B, M]
             ids.append(neg)
         elif cfg.negatives in ("uniform", "mixed"):
@@ -214,16 +284,20 @@ class LossModule(nn.Module):
             ib = tgt[None, :].expand(len(tgt), -1).clone()
             ib[torch.eye(len(tgt), dtype=torch.bool, device=tgt.device)] = -1  # the positive itself
             ids.append(ib)
-        logits = torch.cat(cols, 1).float()  # [B, 1 + ...]
+        n_sampled = sum(c.shape[1] for c in cols)
+        if self.history_negatives:
+            cols.append(torch.einsum("bd,bld->bl", user, E(seq)))  # [B, L]  the example's own history
+            ids.append(seq.masked_fill(~mask, -1))  # padding masked like an accidental hit
+        logits = torch.cat(cols, 1).float() * scale  # [B, 1 + ...]
         ids = torch.cat(ids, 1)
         if cfg.logq:
             N, B = m.cfg.n_items, len(tgt)
-            c = torch.zeros_like(logits)
+            c = torch.zeros_like(logits[:, :n_sampled])  # history negatives are not sampled: no correction
             if cfg.negatives in ("uniform", "mixed") and not hard:
                 c += cfg.num_negatives / N
             if cfg.negatives in ("in_batch", "mixed"):
-                c += B * self.p_target[ids.clamp_min(0)]
-            logits = logits - torch.log(c.clamp_min(1e-12)) * (c > 0)
+                c += B * self.p_target[ids[:, :n_sampled].clamp_min(0)]
+            logits[:, :n_sampled] = logits[:, :n_sampled] - torch.log(c.clamp_min(1e-12)) * (c > 0)
         hit = ids[:, 1:] == tgt[:, None]  # accidental hits and the positive's own in-batch column
         hit |= ids[:, 1:] < 0
         logits[:, 1:] = logits[:, 1:].masked_fill(hit, float("-inf"))
@@ -232,6 +306,25 @@ class LossModule(nn.Module):
         if cfg.remi_rr_weight > 0 and m.aux is not None:
             rr = cfg.remi_rr_weight * routing_regularization(m.aux.float(), mask, m.cfg.dim)
         return ce + rr, ce.detach(), rr.detach()
+
+
+def make_optimizer(params, cfg: TrainConfig, steps_per_epoch: int):
+    """Adam/AdamW + linear warm-up, then constant, cosine (to 0 at `epochs`) or step decay."""
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = max(1, cfg.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+            return 0.5 * (1 + float(np.cos(np.pi * t)))
+        if cfg.schedule == "step":
+            return cfg.step_decay ** (step // max(1, cfg.step_epochs * steps_per_epoch))
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 # ---- runtime -------------------------------------------------------------------------------------
@@ -285,49 +378,64 @@ def validate(model: MultiInterestModel, ds: Dataset, max_users: int | None) -> d
     return out
 
 
-def train(dataset_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig | None = None,
-          out_dir: str | Path = "artifacts/models/model", progress: bool = True, resume: bool = False) -> TrainResult:
-    """Train `model_cfg` on the prepared dataset; best (validation Recall@50) weights -> out_dir/model.pt.
+def train(dataset: str | Path | Dataset, model_cfg: ModelConfig, train_cfg: TrainConfig | None = None,
+          out_dir: str | Path = "artifacts/models/model", progress: bool = True, resume: bool = False,
+          on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train `model_cfg` on the prepared dataset (a directory or a loaded `Dataset`, e.g. one re-split with
+    another seed); best (validation Recall@50) weights -> out_dir/model.pt.
+    on_eval(epoch, validation metrics) is called after each validation on rank 0; an exception it raises
+    (e.g. optuna.TrialPruned) ends training and propagates.
     Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes files."""
     cfg = train_cfg or TrainConfig()
     rank, world, dev = _dist_setup(cfg)
     torch.set_num_threads(pick_threads(cfg, world))
     out = Path(out_dir)
-    ds = Dataset(dataset_dir)
+    ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     mcfg = model_cfg.model_copy(update={"n_items": ds.n_items})
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = build(mcfg).to(dev)
     mcfg = model.cfg
     ex = Examples(ds.train_sequences(), mcfg.max_len)
-    loss_mod = LossModule(model, cfg, ex.target_freq).to(dev)
+    repeat_rate = ex.repeat_rate()
+    hist_neg = cfg.history_negatives == "on" or (cfg.history_negatives == "auto" and repeat_rate < 0.01)
+    loss_mod = LossModule(model, cfg, ex.target_freq, history_negatives=hist_neg).to(dev)
     runner: nn.Module = loss_mod
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(loss_mod, device_ids=[dev.index] if dev.type == "cuda" else None)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_epoch = min(len(ex), cfg.samples_per_epoch or len(ex))
+    steps_per_epoch = max(1, -(-n_epoch // cfg.batch_size) // world)
+    opt, sched = make_optimizer(loss_mod.parameters(), cfg, steps_per_epoch)
     use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and dev.type == "cuda")
-    start_epoch, step, best, bad, log = 0, 0, -1.0, 0, []
+    start_epoch, step, best, best_epoch, bad, log = 0, 0, -1.0, 0, 0, []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / TRAIN_CONFIG).write_text(cfg.model_dump_json(indent=2))
     torch.manual_seed(cfg.seed * 1000 + rank)  # routing noise / negatives differ per rank
     if resume and (out / LAST_FILE).exists():
         st = torch.load(out / LAST_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(st["model"])
+        if "loss" in st:  # model + a learned temperature
+            loss_mod.load_state_dict(st["loss"], strict=False)
+        else:
+            model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
+        if "sched" in st:
+            sched.load_state_dict(st["sched"])
         start_epoch, step, best, bad = int(st["epoch"]) + 1, int(st["step"]), float(st["best"]), int(st["bad"])
+        best_epoch = int(st.get("best_epoch", 0))
         torch.set_rng_state(st["rng"][rank] if st["rng"].dim() == 2 else st["rng"])
         if (out / LOG_FILE).exists():
             log = [json.loads(x) for x in (out / LOG_FILE).read_text().splitlines() if x.strip()]
     elif rank == 0:  # a fresh run must not leave an older run's best weights behind
         for f in (LOG_FILE, MODEL_FILE, LAST_FILE):
             (out / f).unlink(missing_ok=True)
-    t_train, n_seen, stop = 0.0, 0, False
+    t_start = time.perf_counter()
+    t_train, n_seen, stop, stopped_by = 0.0, 0, False, "epochs"
     ran_epochs = 0
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])  # same order on every rank and on resume
-        batches = ex.batches(cfg.batch_size, rng, cfg.samples_per_epoch)
+        batches = ex.batches(cfg.batch_size, rng, cfg.samples_per_epoch, per_user=cfg.sampling == "users")
         per_rank = len(batches) // world
         batches = batches[rank * per_rank: (rank + 1) * per_rank] if world > 1 else batches
         t0 = time.perf_counter()
@@ -342,20 +450,26 @@ def train(dataset_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfi
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(loss_mod.parameters(), cfg.grad_clip)
             opt.step()
+            sched.step()
             step += 1
             n_seen += len(ids) * world
             tot, tot_rr, nb = tot + float(ce), tot_rr + float(rr), nb + 1
             if nb % 20 == 0:
                 bar.set_postfix(loss=f"{tot / nb:.3f}")
             if cfg.max_steps and step >= cfg.max_steps:
-                stop = True
+                stop, stopped_by = True, "max_steps"
+                break
+            if cfg.max_time_s and time.perf_counter() - t_start >= cfg.max_time_s:
+                stop, stopped_by = True, "max_time_s"
                 break
         t_train += time.perf_counter() - t0
         ran_epochs += 1
         rec = {"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": tot / max(nb, 1),
-               "rr_loss": tot_rr / max(nb, 1), "epoch_s": time.perf_counter() - t0}
+               "rr_loss": tot_rr / max(nb, 1), "epoch_s": time.perf_counter() - t0, "lr": sched.get_last_lr()[0]}
+        if loss_mod.cosine:
+            rec["temperature"] = loss_mod.temperature
         do_eval = (epoch + 1) % cfg.eval_every == 0 or stop or epoch + 1 == cfg.epochs
         flag = [False]
         rng_state = torch.get_rng_state()
@@ -364,31 +478,41 @@ def train(dataset_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfi
             dist.all_gather(states, rng_state)
             rng_state = torch.stack(states)
         if rank == 0:
+            val = None
             if do_eval:
                 val = validate(model, ds, cfg.eval_max_users)
                 rec["val_recall@50"] = val["recall@50"]
                 rec["val_ndcg@50"] = val["ndcg@50"]
                 if val["recall@50"] is not None and val["recall@50"] > best:
-                    best, bad = val["recall@50"], 0
+                    best, best_epoch, bad = val["recall@50"], epoch + 1, 0
                     save_checkpoint(model, out, ds.root / "items.parquet")
                 else:
                     bad += 1
             log.append(rec)
             with open(out / LOG_FILE, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "step": step,
-                        "best": best, "bad": bad, "rng": rng_state}, out / LAST_FILE)
+            torch.save({"model": model.state_dict(), "loss": loss_mod.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "epoch": epoch, "step": step, "best": best,
+                        "best_epoch": best_epoch, "bad": bad, "rng": rng_state}, out / LAST_FILE)
             if progress:
                 tqdm.write(f"{mcfg.name} epoch {epoch + 1}: loss {rec['loss']:.4f}"
                            + (f"  valid R@50 {rec['val_recall@50']:.4f}" if "val_recall@50" in rec else ""))
+            if bad >= cfg.patience and not stop:
+                stopped_by = "early_stopping"
             flag = [stop or bad >= cfg.patience]
+            if val is not None and on_eval is not None:
+                on_eval(epoch + 1, val)
         if world > 1:
             dist.broadcast_object_list(flag, src=0)
         if flag[0]:
             break
-    metrics = {"best_val_recall@50": best, "epochs": ran_epochs, "steps": step, "train_time_s": t_train,
+    metrics = {"best_val_recall@50": best, "best_epoch": best_epoch, "epochs": ran_epochs, "steps": step,
+               "stopped_by": stopped_by, "train_time_s": t_train,
                "samples_per_s": n_seen / t_train if t_train > 0 else None, "world_size": world,
-               "device": str(dev), "amp_bf16": use_amp, "train_examples": len(ex)}
+               "device": str(dev), "amp_bf16": use_amp, "train_examples": len(ex),
+               "examples_per_epoch": n_epoch, "repeat_rate": repeat_rate, "history_negatives": hist_neg}
+    if loss_mod.cosine:
+        metrics["temperature"] = loss_mod.temperature
     if rank == 0:
         if not (out / MODEL_FILE).exists():
             save_checkpoint(model, out, ds.root / "items.parquet")

@@ -19,6 +19,7 @@ from components.image import BASE_IMAGE
 from components import (build_monitoring_reference_op, build_training_data_op, data_ingest_op, deploy_op,
                         evaluate_candidate_op, features_materialize_op, gate_op, package_candidates_op,
                         train_candidate_op)
+from components.tune import tune_candidate_op
 
 PIPELINE_NAME = "mirec-training"
 
@@ -42,6 +43,9 @@ DEFAULT_TRAIN_CONFIG = {"batch_size": 256, "patience": 2}
 DEFAULT_THRESHOLDS = {"primary": "recall@50", "min_recall@50": 0.02, "min_ndcg@50": 0.005,
                       "max_interest_cos": 0.95, "max_single_interest_share": 0.9}
 DEFAULT_EVAL_CONFIG = {"split": "test", "n_values": [20, 50], "tradeoff_lambdas": [0.0, 0.05, 0.1, 0.2, 0.5]}
+#: optional Optuna study for candidate A before it trains (mirec.tune.TuningStep: enabled, trials, epochs, timeout_s,
+#: jobs, seed, space); disabled, the step passes candidate A's configs through unchanged
+DEFAULT_TUNING = {"enabled": False, "trials": 10}
 
 
 def _train_task(data, name: str, model_config, train_config, k_interests, epochs, distributed, pvc):
@@ -75,6 +79,7 @@ def training_pipeline(
     epochs: int = 6,
     train_config: dict = DEFAULT_TRAIN_CONFIG,
     distributed: dict = {"enabled": False},
+    tuning: dict = DEFAULT_TUNING,
     eval_config: dict = DEFAULT_EVAL_CONFIG,
     thresholds: dict = DEFAULT_THRESHOLDS,
     model_version: str = "",
@@ -87,7 +92,8 @@ def training_pipeline(
 ):
     """data_uri "" = the embedded synthetic data (data_config tunes it); candidate_a/b: mirec ModelConfig
     dicts (k_interests fills K when absent); thresholds: primary + min_<metric>/max_<metric> gate rules;
-    experiment_split: A's share of the A/B traffic in the deployed Helm values."""
+    experiment_split: A's share of the A/B traffic in the deployed Helm values; tuning.enabled: candidate A trains
+    the best config of an Optuna study (tuning.trials trials) over the default search space (or tuning.space)."""
     ingest = data_ingest_op(data_uri=data_uri, data_format=data_format, data_config=data_config, split=split)
     ingest.set_display_name("validate + ingest data")
     kubernetes.use_secret_as_env(ingest, secret_name=OBJECT_STORE_SECRET, secret_key_to_env=OBJECT_STORE_KEYS,
@@ -105,7 +111,11 @@ def training_pipeline(
     tdata.set_display_name("build training data (point-in-time)")
     data = tdata.outputs["training_data"]
 
-    train_a = _train_task(data, "A", candidate_a, train_config, k_interests, epochs, distributed, artifacts_pvc)
+    tune_a = tune_candidate_op(training_data=data, model_config=candidate_a, train_config=train_config,
+                               k_interests=k_interests, epochs=epochs, tuning=tuning)
+    tune_a.set_display_name("tune candidate A (optional)").set_cpu_limit(TRAIN_CPU).set_memory_limit(TRAIN_MEMORY)
+    train_a = _train_task(data, "A", tune_a.outputs["model_config"], tune_a.outputs["train_config"], k_interests, epochs,
+                          distributed, artifacts_pvc)
     train_b = _train_task(data, "B", candidate_b, train_config, k_interests, epochs, distributed, artifacts_pvc)
 
     eval_a = evaluate_candidate_op(training_data=data, model=train_a.outputs["model"], name="A",

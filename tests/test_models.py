@@ -9,7 +9,8 @@ from mirec.models import ItemKNN, ModelConfig, Popularity, available_models, bui
 from mirec.retrieval.aggregators import candidate_pool
 from mirec.retrieval.recommender import Recommender
 
-NEURAL = ["mind", "comirec_sa", "comirec_dr", "single", "mean"]
+NEURAL = ["mind", "comirec_sa", "comirec_dr", "single", "mean", "youtubednn", "sasrec"]
+SINGLE = ("single", "mean", "youtubednn", "sasrec")
 
 
 def _model(name, **kw):
@@ -28,7 +29,7 @@ def test_registry_lists_all_models():
 @pytest.mark.parametrize("name", NEURAL)
 def test_shapes_and_padding_invariance(name):
     m = _model(name)
-    K = 1 if name in ("single", "mean") else 3
+    K = 1 if name in SINGLE else 3
     hist = [np.array([1, 5, 7, 9]), np.array([3, 3, 20, 40, 41, 2, 8])]
     seq, mask = pad_histories(hist, 12)  # [2, 7], right padded
     v = m.interests(seq, mask)
@@ -86,6 +87,46 @@ def test_selection_hard_and_label_aware():
     torch.testing.assert_close(hard_ish.select(V * 2, e), V[:, 0] * 2, atol=1e-3, rtol=0)
 
 
+def test_selection_scale_and_sampled_follows_softmax():
+    V = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]).expand(4000, -1, -1)  # [B, K=2, d=2]
+    e = torch.tensor([[0.6, 0.3]]).expand(4000, -1)  # scores 0.6, 0.3
+    m = _model("comirec_sa", selection="sampled")
+    torch.manual_seed(0)
+    picked0 = (m.select(V, e, scale=5.0)[:, 0] == 1).float().mean().item()
+    want = torch.softmax(torch.tensor([3.0, 1.5]), 0)[0].item()  # softmax(scale * scores)
+    assert abs(picked0 - want) < 0.03
+    picked_cold = (m.select(V, e, scale=0.01)[:, 0] == 1).float().mean().item()
+    assert abs(picked_cold - 0.5) < 0.05  # a near-zero scale: uniform choice
+    hard = _model("comirec_sa", selection="hard")
+    assert (hard.select(V, e, scale=5.0)[:, 0] == 1).all()
+
+
+def test_sasrec_is_causal_and_reads_the_last_item():
+    m = _model("sasrec")
+    h = np.array([4, 9, 2, 7])
+    a = m.interests(*pad_histories([h], 12))
+    b = m.interests(*pad_histories([np.array([4, 9, 2, 30])], 12))
+    assert not torch.allclose(a, b)  # the last item changes the user vector
+    # the output at a position never depends on later positions: the prefix [4, 9, 2] alone = its own run
+    c = m.interests(*pad_histories([h[:3]], 12))
+    seq, mask = pad_histories([h], 12)
+    mask_prefix = mask.clone()
+    mask_prefix[0, 3] = False
+    torch.testing.assert_close(m.interests(seq, mask_prefix), c, rtol=1e-5, atol=1e-6)
+
+
+def test_itemknn_pruning_and_history_window():
+    seqs = {0: np.array([0, 1, 2, 3]), 1: np.array([0, 1]), 2: np.array([0, 2]), 3: np.array([1, 3])}
+    full = ItemKNN.fit(seqs, 4)
+    pruned = ItemKNN.fit(seqs, 4, neighbors=1)
+    assert (np.diff(pruned.sim.indptr) <= 1).all() and (np.diff(full.sim.indptr) == 3).all()
+    # each pruned row keeps its strongest neighbour
+    assert all(pruned.sim[i].toarray().max() == full.sim[i].toarray().max() for i in range(4))
+    last1 = ItemKNN.fit(seqs, 4, history_len=1)
+    np.testing.assert_allclose(last1.score_histories([np.array([2, 3])])[0], full.sim[3].toarray()[0])
+    np.testing.assert_allclose(full.score_histories([np.array([2, 3])])[0], (full.sim[2] + full.sim[3]).toarray()[0])
+
+
 def test_popularity_and_itemknn_hand_computed():
     seqs = {0: np.array([0, 1, 2]), 1: np.array([0, 1]), 2: np.array([2, 3, 3])}
     pop = Popularity.fit(seqs, 5)
@@ -109,8 +150,12 @@ def test_recommender_equals_index_search_plus_merge_and_excludes_seen():
     items, scores, inter = candidate_pool(s, it, np.empty(0, np.int64))
     assert [r.item_idx for r in out] == items[:10].tolist()
     assert [r.interest for r in out] == inter[:10].tolist()
-    # item vectors are the embedding rows 1..N
-    np.testing.assert_allclose(rec.item_vectors, m.item_emb.weight[1:].detach().numpy())
+    # item vectors are the embedding rows 1..N, L2-normalised under cosine similarity (the default)
+    rows = m.item_emb.weight[1:].detach().numpy()
+    np.testing.assert_allclose(rec.item_vectors, rows / np.linalg.norm(rows, axis=1, keepdims=True), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(v[0], axis=1), 1.0, rtol=1e-5)  # interests searched at unit length
+    dot = Recommender(_model("comirec_sa", similarity="dot"), items=np.arange(50) % 4)
+    np.testing.assert_allclose(dot.item_vectors, rows)
     seen = rec.recommend([h], n=10, exclude_seen=True)[0]
     assert len(seen) == 10 and not set(h) & {r.item_idx for r in seen}
     cold = rec.recommend([np.array([], np.int64)], n=3)[0]

@@ -59,10 +59,11 @@ def test_hard_negatives_follow_interest_scores():
     assert torch.all((counts - 0.2).abs() < 0.04) and not (soft == 0).any()
 
 
-def _loss_setup(negatives, logq=False):
+def _loss_setup(negatives, logq=False, similarity="dot", history_negatives=False, **train):
     torch.manual_seed(0)
-    m = build(ModelConfig(name="comirec_sa", n_items=20, dim=4, K=2, max_len=6)).train()
-    lm = LossModule(m, TrainConfig(negatives=negatives, logq=logq, num_negatives=3), np.arange(1, 21))
+    m = build(ModelConfig(name="comirec_sa", n_items=20, dim=4, K=2, max_len=6, similarity=similarity)).train()
+    lm = LossModule(m, TrainConfig(negatives=negatives, logq=logq, num_negatives=3, **train), np.arange(1, 21),
+                    history_negatives=history_negatives)
     seq, mask = pad_histories([np.array([1, 2, 3]), np.array([4, 5])], 6)
     return m, lm, seq, mask, torch.tensor([7, 9])
 
@@ -89,6 +90,59 @@ def test_in_batch_logq_correction():
     torch.testing.assert_close(ce, expected.detach(), rtol=1e-5, atol=1e-6)
     _, ce_plain, _ = _loss_setup("in_batch", logq=False)[1](seq, mask, tgt, torch.tensor([1, 2, 3]))
     assert not torch.isclose(ce, ce_plain)
+
+
+def test_cosine_logits_with_temperature_and_history_negatives():
+    m, lm, seq, mask, tgt = _loss_setup("uniform", similarity="cos", history_negatives=True, temperature=0.2)
+    neg = torch.tensor([1, 11, 12])
+    _, ce, _ = lm(seq, mask, tgt, neg)
+    V = torch.nn.functional.normalize(m.interests(seq, mask), dim=-1)  # [B, K, d]
+    E = torch.nn.functional.normalize(m.item_emb.weight, dim=-1)
+    losses = []
+    for b in range(2):
+        user = V[b, (V[b] @ E[tgt[b]] / 0.2).argmax()]  # hard selection (ComiRec-SA), in logit units
+        hist = seq[b][mask[b]]
+        cols = torch.cat([(user @ E[tgt[b]])[None], E[neg] @ user, E[hist] @ user]) / 0.2
+        losses.append(-torch.log_softmax(cols, 0)[0])
+    torch.testing.assert_close(ce, torch.stack(losses).mean().detach(), rtol=1e-5, atol=1e-6)
+    # without history negatives the loss is smaller (fewer competitors), and a learned τ is a parameter
+    _, lm2, *_ = _loss_setup("uniform", similarity="cos", temperature=0.2)
+    assert lm2(seq, mask, tgt, neg)[1] < ce
+    _, lm3, *_ = _loss_setup("uniform", similarity="cos", temperature=0.2, learn_temperature=True)
+    assert any(n == "log_inv_tau" for n, _ in lm3.named_parameters()) and lm3.temperature == pytest.approx(0.2)
+
+
+def test_history_negatives_mask_the_target_when_it_repeats():
+    m, lm, seq, mask, _ = _loss_setup("uniform", similarity="cos", history_negatives=True)
+    assert seq[0].tolist()[:3] == [2, 3, 4] and seq[1].tolist()[:2] == [5, 6]  # shifted ids
+    tgt = torch.tensor([3, 9])  # example 0's target repeats its history item 3: that column must be masked
+    _, ce, _ = lm(seq, mask, tgt, torch.tensor([11, 12, 13]))
+    user, _ = m(seq, mask, tgt, lm.scale)
+    E = torch.nn.functional.normalize(m.item_emb.weight, dim=-1)
+    cols0 = torch.cat([(user[0] @ E[3])[None], E[[11, 12, 13]] @ user[0], E[[2, 4]] @ user[0]]) * lm.scale
+    cols1 = torch.cat([(user[1] @ E[9])[None], E[[11, 12, 13]] @ user[1], E[[5, 6]] @ user[1]]) * lm.scale
+    want = (-torch.log_softmax(cols0, 0)[0] - torch.log_softmax(cols1, 0)[0]) / 2
+    torch.testing.assert_close(ce, want.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_schedules():
+    from mirec.train import make_optimizer
+
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    lrs = {}
+    for sched in ("constant", "cosine", "step"):
+        opt, s = make_optimizer(p, TrainConfig(lr=1.0, schedule=sched, warmup_steps=2, epochs=2, step_epochs=1), 5)
+        seen = []
+        for _ in range(10):
+            seen.append(s.get_last_lr()[0])
+            opt.step()
+            s.step()
+        lrs[sched] = seen
+    assert lrs["constant"][:3] == [0.5, 1.0, 1.0]  # linear warm-up, then flat
+    assert lrs["cosine"][1] == 1.0 and lrs["cosine"][9] < 0.05 and sorted(lrs["cosine"][1:], reverse=True) == lrs["cosine"][1:]
+    assert lrs["step"][4] == 1.0 and lrs["step"][5] == 0.5  # halved after one epoch of 5 steps
+    opt, _ = make_optimizer(p, TrainConfig(optimizer="adamw", weight_decay=0.1), 5)
+    assert isinstance(opt, torch.optim.AdamW)
 
 
 # ---- training runs ---------------------------------------------------------------------------------
@@ -187,3 +241,43 @@ def test_cli_train_then_evaluate(tiny, tmp_path):
     from mirec.errors import ConfigError
 
     assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError)  # one-line error, not a traceback
+
+
+def test_budget_callback_and_per_user_sampling(tiny, tmp_path):
+    seen = []
+    r = train(tiny, _mcfg(), TrainConfig(**{**TINY, "epochs": 50, "patience": 50, "max_time_s": 0.5}), tmp_path / "t",
+              progress=False, on_eval=lambda ep, val: seen.append((ep, val["recall@50"])))
+    assert r.metrics["stopped_by"] == "max_time_s" and r.metrics["epochs"] < 50
+    assert [e for e, _ in seen] == list(range(1, r.metrics["epochs"] + 1))  # called after every validation
+    assert 1 <= r.metrics["best_epoch"] <= r.metrics["epochs"] and (tmp_path / "t" / "model.pt").exists()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(ep, val):
+        if ep == 2:
+            raise Stop
+
+    with pytest.raises(Stop):  # e.g. optuna.TrialPruned: ends training and propagates
+        train(tiny, _mcfg(), TrainConfig(**{**TINY, "epochs": 5, "patience": 5}), tmp_path / "p", progress=False,
+              on_eval=stop_at_2)
+    # an epoch is one full pass by default; per-user sampling draws as many examples, users equally likely
+    from mirec.train import Examples
+
+    ex = Examples({0: np.arange(101), 1: np.arange(11)}, max_len=5)
+    assert len(ex) == 110
+    rng = np.random.default_rng(0)
+    ids = np.concatenate(ex.batches(10, rng, per_user=True))
+    assert len(ids) == 110 and abs((ex.sid[ids] == 1).mean() - 0.5) < 0.15  # 10 of 110 positions, half the draws
+    assert len(np.concatenate(ex.batches(10, rng))) == 110
+
+
+def test_resplit_redraws_users_only(tiny):
+    ds = Dataset(tiny)
+    other = ds.resplit(7)
+    assert other.meta["split_seed"] == 7 and ds.meta["split_seed"] != 7
+    a, b = ds.users["split"].to_numpy(), other.users["split"].to_numpy()
+    assert (a != b).any() and sorted(a.tolist()) == sorted(b.tolist())  # same 8:1:1 sizes, other users
+    assert other.interactions is ds.interactions and ds.users["split"].tolist() == a.tolist()
+    assert {e.user_idx for e in other.eval_examples("test")} == set(other.users_in("test").tolist())
+    assert (ds.resplit(7).users["split"] == other.users["split"]).all()  # deterministic in the seed

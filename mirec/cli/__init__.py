@@ -24,12 +24,12 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that `mirec --help` stays fast and a broken optional part names itself.
-    from mirec.cli import data, features, main, models, monitor, pipeline, serve
+    from mirec.cli import data, features, main, models, monitor, pipeline, serve, tune
 
     app.add_typer(data.app, name="data", help="Prepare, synthesise and inspect interaction data.")
     app.add_typer(features.app, name="features", help="Feast feature repo: apply, materialize, lookup.")
     app.add_typer(pipeline.app, name="pipeline", help="Kubeflow pipelines: compile, run locally, submit.")
-    for mod in (models, serve, monitor, main):
+    for mod in (models, serve, monitor, main, tune):
         for cmd in mod.COMMANDS:
             app.command(**cmd.get("kwargs", {}))(cmd["fn"])
 

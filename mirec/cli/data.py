@@ -57,10 +57,14 @@ def _print_report(out: Path) -> None:
 def prepare(
     path: Optional[Path] = typer.Argument(None, help="Input file or folder. Omit to use the embedded synthetic data."),
     fmt: str = typer.Option("movielens-csv", "--format", "-f", help=FORMAT_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output dataset folder [default: artifacts/data/prepared]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output dataset folder.",
+                                         show_default="artifacts/data/prepared"),
     config: Optional[Path] = typer.Option(None, "--config", "-c",
                                           help="DataConfig YAML. With it, only PATH and --out override the file."),
-    items: Optional[Path] = typer.Option(None, "--items", help="Item metadata file (category column)."),
+    items: Optional[Path] = typer.Option(None, "--items", help="Item metadata: for --format table a CSV/Parquet "
+                                         "file with item_id and category columns (see --map); for the movielens formats "
+                                         "the movies file (by default the one next to the ratings). Without categories Div@50 is "
+                                         "meaningless."),
     map_: list[str] = typer.Option([], "--map", help="Column mapping for --format table, e.g. --map user_id=uid --map timestamp=ts "
                                    "(canonical names: user_id, item_id, timestamp, weight, category)."),
     min_user_count: int = typer.Option(5, help="Quarantine users with fewer events (iterated with items to a fixed point)."),
@@ -93,6 +97,40 @@ def prepare(
                        "split": {"kind": split, "seed": seed}})
     out_dir, _ = run_prepare(cfg, progress=progress)
     _print_report(out_dir)
+    _warn_single_category(out_dir, cfg, from_config=config is not None)
+
+
+def single_category_warning(n_categories: int, cfg: DataConfig, from_config: bool = False) -> str | None:
+    """The one-line warning for a dataset whose items all share one category (None if it has several):
+    category diversity (Div@N) and the diversity aggregators then have nothing to work with."""
+    if n_categories > 1:
+        return None
+    src = cfg.source
+    items_opt = "source.items_path in the config" if from_config else "--items"
+    if src.items_path:
+        why = f"every item got the same category from {src.items_path}"
+        how = "check that its item ids match the interactions and that it has a category column" + (
+            " (--map category=COLUMN)" if src.format == "table" and not from_config else "")
+    elif src.format == "whitespace":
+        why = "--format whitespace reads no item metadata"
+        how = "convert the file to CSV and use --format table with --items FILE (columns item_id, category)"
+    elif src.format in ("movielens-csv", "movielens-dat"):
+        movies = "movies.csv" if src.format == "movielens-csv" else "movies.dat"
+        why = f"no {movies} was found next to the ratings file"
+        how = f"put it there or give its path with {items_opt}"
+    else:
+        why = "no item file was given"
+        how = (f"give one with {items_opt} (columns item_id and category"
+               + ("; rename with --map category=COLUMN)" if not from_config else ")"))
+    return (f"warning: the prepared dataset has a single item category ({why}), so Div@50 / category diversity "
+            f"will be meaningless; {how}")
+
+
+def _warn_single_category(out: Path, cfg: DataConfig, from_config: bool) -> None:
+    summary = json.loads((out / "summary.json").read_text())
+    msg = single_category_warning(int(summary.get("n_categories", 0)), cfg, from_config)
+    if msg:
+        typer.secho(msg, fg="yellow", err=True)
 
 
 @app.command()

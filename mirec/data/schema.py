@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -94,6 +95,24 @@ class Dataset:
         self.users = pd.read_parquet(self.root / USERS).sort_values("user_idx").reset_index(drop=True)
 
     load = classmethod(lambda cls, root: cls(root))
+
+    def resplit(self, seed: int) -> "Dataset":
+        """The same data with the ComiRec user split (8:1:1 train/valid/test) drawn again with `seed`: the
+        repeated-split evaluation that makes small datasets less noisy. Files are not changed; the returned
+        Dataset shares this one's tables except `users` (and `meta["split_seed"]`)."""
+        from mirec.config import SplitConfig
+        from mirec.data.split import assign_user_splits
+
+        if self.meta.get("split") != "comirec":
+            raise DataError(f"{self.root}: only the comirec split can be re-drawn (this one is {self.meta.get('split')!r})")
+        ratios = tuple((self.meta.get("config") or {}).get("split", {}).get("ratios", (0.8, 0.1, 0.1)))
+        new = copy.copy(self)
+        new.__dict__ = {k: v for k, v in self.__dict__.items() if k in ("root", "interactions", "items", "meta",
+                                                                         "sequences", "_timestamps")}
+        new.meta = {**self.meta, "split_seed": int(seed)}
+        new.users = self.users.copy()
+        new.users["split"] = assign_user_splits(len(self.users), SplitConfig(seed=int(seed), ratios=ratios))
+        return new
 
     @property
     def name(self) -> str:

@@ -31,10 +31,20 @@ class ModelConfig(StrictModel):
     routing_iters: int = Field(3, ge=1)  # MIND / ComiRec-DR
     routing_sigma: float = Field(1.0, ge=0)  # MIND: std of the random initial routing logits
     pow_p: float = Field(2.0, gt=0)  # label-aware attention power (selection = "label_aware")
-    #: target-aware interest selection during training: hard argmax (ComiRec) or label-aware attention
-    #: (MIND); None = the model's own default.
-    selection: Literal["hard", "label_aware"] | None = None
+    #: target-aware interest selection during training: hard argmax (ComiRec), label-aware attention
+    #: (MIND), or "sampled": an interest drawn from softmax(scores) (BaM's soft selection, so interests
+    #: that rarely win the argmax still get gradient); None = the model's own default.
+    selection: Literal["hard", "label_aware", "sampled"] | None = None
+    #: how a user vector u scores an item v: "cos" = cos(u, v) (/τ in the training loss; item vectors and
+    #: interests are L2-normalised for retrieval), "dot" = u·v (the original papers' inner product).
+    similarity: Literal["cos", "dot"] = "cos"
     hidden_factor: int = Field(4, ge=1)  # ComiRec-SA attention MLP width = hidden_factor * dim
+    #: ComiRec-SA: attention logits are divided by attn_temperature (> 1 spreads the attention and counters
+    #: its collapse onto single items)
+    attn_temperature: float = Field(1.0, gt=0)
+    n_layers: int = Field(2, ge=1)  # SASRec
+    n_heads: int = Field(1, ge=1)  # SASRec
+    dropout: float = Field(0.0, ge=0, lt=1)  # SASRec / YoutubeDNN (0 = off)
 
 
 _REGISTRY: dict[str, type["MultiInterestModel"]] = {}
@@ -54,7 +64,9 @@ def available_models() -> list[str]:
 
 def build(cfg: ModelConfig) -> "MultiInterestModel":
     if cfg.name not in _REGISTRY:
-        raise KeyError(f"unknown model {cfg.name!r}; known: {available_models()}")
+        from mirec.errors import UnknownNameError
+
+        raise UnknownNameError(f"unknown model {cfg.name!r}; known: {', '.join(available_models())}")
     if cfg.n_items <= 0:
         raise ValueError("ModelConfig.n_items must be set (number of items in the dataset)")
     return _REGISTRY[cfg.name](cfg)
@@ -88,28 +100,44 @@ class MultiInterestModel(nn.Module):
     def interests(self, item_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [B, K, d]
         raise NotImplementedError
 
-    def select(self, interests: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
-        """Target-aware selection of one user vector per example (training).
+    def select(self, interests: torch.Tensor, target_emb: torch.Tensor, scale: float | torch.Tensor = 1.0
+               ) -> torch.Tensor:
+        """Target-aware selection of one user vector per example (training). Scores s_k = scale·V_k·e_t are
+        in the loss's logit units (scale = 1/τ for cosine), so every rule sees the same sharpness.
         interests [B, K, d], target_emb [B, d] -> [B, d]
-          hard:        v = V[argmax_k V_k . e_t]                           (ComiRec)
-          label_aware: v = V^T softmax(pow(V e_t, p))                       (MIND; sign-preserving pow)
+          hard:        v = V[argmax_k s_k]                                 (ComiRec)
+          label_aware: v = V^T softmax(pow(s, p))                          (MIND; sign-preserving pow)
+          sampled:     v = V[k],  k ~ softmax(s)                           (BaM soft selection)
         """
-        s = torch.einsum("bkd,bd->bk", interests, target_emb)  # [B, K]
+        s = scale * torch.einsum("bkd,bd->bk", interests, target_emb)  # [B, K]
+        rows = torch.arange(len(s), device=s.device)
         if self.selection == "hard":
-            idx = s.argmax(-1)  # [B]
-            return interests[torch.arange(len(idx), device=idx.device), idx]
+            return interests[rows, s.argmax(-1)]
+        if self.selection == "sampled":
+            k = torch.multinomial(torch.softmax(s.detach().float(), -1), 1).squeeze(1)  # [B]
+            return interests[rows, k]
         a = torch.softmax(torch.sign(s) * s.abs().pow(self.cfg.pow_p), dim=-1)  # [B, K]
         return torch.einsum("bk,bkd->bd", a, interests)
 
-    def forward(self, item_seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
-        """item_seq/mask [B, L], target [B] shifted ids -> (user vector [B, d], interests [B, K, d])."""
-        v = self.interests(item_seq, mask)
-        return self.select(v, self.item_emb(target)), v
+    def to_score_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Vectors as they are compared: unit length under cosine similarity, unchanged under dot."""
+        return F.normalize(x, dim=-1) if self.cfg.similarity == "cos" else x
+
+    def serving_interests(self, item_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """interests() in score space: what the item index is searched with. [B, K, d]"""
+        return self.to_score_space(self.interests(item_seq, mask))
+
+    def forward(self, item_seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                scale: float | torch.Tensor = 1.0):
+        """item_seq/mask [B, L], target [B] shifted ids -> (user vector [B, d], interests [B, K, d]),
+        both in score space."""
+        v = self.serving_interests(item_seq, mask)
+        return self.select(v, self.to_score_space(self.item_emb(target)), scale), v
 
     @torch.no_grad()
     def item_vectors(self):
-        """[n_items, d] float32 numpy: index row i = item_idx i (= embedding row i + 1)."""
-        return self.item_emb.weight[1:].detach().float().cpu().numpy()
+        """[n_items, d] float32 numpy in score space: index row i = item_idx i (= embedding row i + 1)."""
+        return self.to_score_space(self.item_emb.weight[1:].detach().float()).cpu().numpy()
 
 
 def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:

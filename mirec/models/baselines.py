@@ -2,7 +2,9 @@
 
 - `popularity`: score(j) = number of training interactions of j.
 - `itemknn`:    co-occurrence cosine sim(i, j) = c_ij / sqrt(c_i c_j) over training users (each user's
-                set of items), pruned to the top `neighbors` per item; score(u, j) = Σ_{i ∈ hist(u)} sim(i, j).
+                set of items), optionally pruned to the top `neighbors` per item (None = unpruned);
+                score(u, j) = Σ_{i ∈ hist(u)} sim(i, j) over the user's whole input sequence, or its last
+                `history_len` items.
 Both expose `score_histories(histories) -> [B, n_items]`, which `Recommender` ranks.
 """
 
@@ -42,11 +44,13 @@ class Popularity(Baseline):
 class ItemKNN(Baseline):
     name = "itemknn"
 
-    def __init__(self, sim: sp.csr_matrix):
+    def __init__(self, sim: sp.csr_matrix, history_len: int | None = None):
         self.sim = sim.tocsr()
+        self.history_len = history_len
 
     @classmethod
-    def fit(cls, sequences: dict[int, np.ndarray], n_items: int, neighbors: int = 200) -> "ItemKNN":
+    def fit(cls, sequences: dict[int, np.ndarray], n_items: int, neighbors: int | None = None,
+            history_len: int | None = None) -> "ItemKNN":
         rows, cols = [], []
         for r, s in enumerate(sequences.values()):
             u = np.unique(s)
@@ -61,6 +65,8 @@ class ItemKNN(Baseline):
         C = C.tocoo()
         val = C.data / np.sqrt(cnt[C.row] * cnt[C.col])
         S = sp.csr_matrix((val, (C.row, C.col)), shape=(n_items, n_items))
+        if neighbors is None:
+            return cls(S, history_len)
         # keep the top `neighbors` per row
         out_r, out_c, out_v = [], [], []
         for i in range(n_items):
@@ -74,10 +80,12 @@ class ItemKNN(Baseline):
             out_v.append(S.data[sel])
         S = sp.csr_matrix((np.concatenate(out_v), (np.concatenate(out_r), np.concatenate(out_c))),
                           shape=(n_items, n_items))
-        return cls(S)
+        return cls(S, history_len)
 
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         n = self.sim.shape[0]
+        if self.history_len:
+            histories = [np.asarray(h)[-self.history_len:] for h in histories]
         rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(histories)]) if histories else np.empty(0)
         cols = np.concatenate([np.asarray(h, np.int64) for h in histories]) if histories else np.empty(0)
         H = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(histories), n))
@@ -90,4 +98,6 @@ def fit_baseline(name: str, sequences: dict[int, np.ndarray], n_items: int, **kw
         return Popularity.fit(sequences, n_items)
     if name == "itemknn":
         return ItemKNN.fit(sequences, n_items, **kw)
-    raise KeyError(f"unknown baseline {name!r}; known: {BASELINES}")
+    from mirec.errors import UnknownNameError
+
+    raise UnknownNameError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")

@@ -1,7 +1,8 @@
 """ComiRec-SA (Cen et al., 2020): self-attentive multi-interest extraction.
 
   H = item_emb(x)                                  [B, L, d]
-  A = softmax_L(W2 tanh(W1 (H + P)ᵀ))ᵀ             [B, K, L]  (P: positional embeddings, padding -> 0)
+  A = softmax_L(W2 tanh(W1 (H + P)ᵀ) / t)ᵀ         [B, K, L]  (P: positional embeddings, padding -> 0;
+                                                               t = attn_temperature, 1 in the paper)
   V = A H                                          [B, K, d]
 Training selects the interest with the largest inner product with the target (hard argmax).
 """
@@ -31,7 +32,7 @@ class ComiRecSA(MultiInterestModel):
     def interests(self, item_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         H = self.item_emb(item_seq)  # [B, L, d]
         Hp = H + self.pos_emb(pos_ids(mask))  # [B, L, d]
-        logits = self.W2(torch.tanh(self.W1(Hp))).transpose(1, 2)  # [B, K, L]
+        logits = self.W2(torch.tanh(self.W1(Hp))).transpose(1, 2) / self.cfg.attn_temperature  # [B, K, L]
         A = masked_softmax(logits, mask[:, None, :], dim=-1)  # [B, K, L]
         self.aux = A
         return torch.einsum("bkl,bld->bkd", A, H)  # [B, K, d]

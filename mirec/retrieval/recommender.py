@@ -71,10 +71,13 @@ class Recommender:
             raise TypeError(f"{type(self.model).__name__} has no interest vectors")
         out, aux = [], []
         L = self.model.cfg.max_len
+        # interests in score space (unit length under cosine); a duck-typed model (the interface contract:
+        # interests() + item_vectors()) is searched with its interests() as they are
+        encode = getattr(self.model, "serving_interests", self.model.interests)
         for s in range(0, len(histories), self.batch_size):
             chunk = histories[s: s + self.batch_size]
             seq, mask = pad_histories(chunk, L, self.device)
-            v = self.model.interests(seq, mask)
+            v = encode(seq, mask)
             out.append(v.float().cpu().numpy())
             a = self.model.aux.float().cpu().numpy()
             n = mask.sum(1).cpu().numpy()

@@ -165,7 +165,7 @@ def sample_interest_queries(model, max_len: int, item_popularity: np.ndarray, n_
     with torch.no_grad():
         for s in range(0, n_users, 64):
             seq, mask = pad_histories(histories[s: s + 64], max_len)
-            out.append(model.interests(seq, mask).float().cpu().numpy())
+            out.append(model.serving_interests(seq, mask).float().cpu().numpy())
     model.train(was_training)
     v = np.concatenate(out)
     return v.reshape(-1, v.shape[-1])

@@ -1,0 +1,116 @@
+"""Training speed at a fixed configuration: forward + backward + Adam step, samples/s per model.
+
+    .venv/bin/python benchmarks/train_speed.py                      # batch 256, L 50, d 64, K 4, 2 threads
+    .venv/bin/python benchmarks/train_speed.py --profile mind       # + where the time goes (torch.profiler)
+
+Every batch is full length (L = 50 real items), so the figure does not depend on a dataset's length mix;
+the loss is the shipped default (cosine/τ, in-batch + 1,024 shared uniform negatives, accidental hits
+masked) through `mirec.train.LossModule`, the same module `mirec train` runs. The peer library's figures
+for the same configuration on this kind of machine (issue 13): 9.6k samples/s (MIND), 9.5k (ComiRec-SA).
+Run it on a quiet machine: anything else on the cores shows up in the figures.
+Writes benchmarks/results/train_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mirec.models import ModelConfig, build  # noqa: E402
+from mirec.train import LossModule, TrainConfig, make_optimizer  # noqa: E402
+
+PEER = {"mind": 9600, "comirec_sa": 9500}
+
+
+def measure(name: str, args, profile: bool = False) -> dict:
+    torch.manual_seed(0)
+    mcfg = ModelConfig(name=name, n_items=args.items, dim=args.dim, K=args.k, max_len=args.max_len)
+    model = build(mcfg)
+    tcfg = TrainConfig(batch_size=args.batch, num_negatives=args.negatives)
+    lm = LossModule(model, tcfg, np.ones(args.items))
+    opt, sched = make_optimizer(lm.parameters(), tcfg, 100)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(1, args.items + 1, (args.batch, args.max_len), generator=g),
+                torch.randint(1, args.items + 1, (args.batch,), generator=g)) for _ in range(8)]
+    mask = torch.ones(args.batch, args.max_len, dtype=torch.bool)
+
+    def step(i: int) -> None:
+        seq, tgt = batches[i % len(batches)]
+        uni = torch.randint(1, args.items + 1, (args.negatives,))
+        loss, _, _ = lm(seq, mask, tgt, uni)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), tcfg.grad_clip)
+        opt.step()
+        sched.step()
+
+    model.train()
+    for i in range(args.warmup):
+        step(i)
+    times = []
+    for rep in range(args.repeats):
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            step(i)
+        times.append(time.perf_counter() - t0)
+    sps = [args.steps * args.batch / t for t in times]
+    out = {"model": name, "samples_per_s": float(np.median(sps)), "samples_per_s_all": [round(x) for x in sps]}
+    if name in PEER:
+        out["peer_samples_per_s"] = PEER[name]
+        out["ratio_to_peer"] = out["samples_per_s"] / PEER[name]
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as prof
+
+        with prof(activities=[ProfilerActivity.CPU]) as p:
+            for i in range(20):
+                step(i)
+        table = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        out["profile_top"] = table
+        print(table)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="mind,comirec_sa,comirec_dr,youtubednn,sasrec")
+    ap.add_argument("--items", type=int, default=10000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--max-len", type=int, default=50)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--negatives", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--profile", default="", help="comma list of models to profile")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_speed.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    prof = {m.strip() for m in args.profile.split(",") if m.strip()}
+    rows = [measure(m.strip(), args, m.strip() in prof) for m in args.models.split(",") if m.strip()]
+    print(f"\nbatch {args.batch}, L {args.max_len}, d {args.dim}, K {args.k}, {args.negatives} uniform + in-batch "
+          f"negatives, {args.threads} threads (median of {args.repeats} × {args.steps} steps)\n")
+    print("| model | samples/s | peer | ratio |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['samples_per_s']:.0f} | {r.get('peer_samples_per_s', '–')} | "
+              f"{r['ratio_to_peer']:.2f}× |" if "ratio_to_peer" in r else f"| {r['model']} | {r['samples_per_s']:.0f} | – | – |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": " ".join(sys.argv), "settings": {k: str(v) for k, v in vars(args).items()},
+                                    "machine": {"platform": platform.platform(), "torch": torch.__version__},
+                                    "rows": rows}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
