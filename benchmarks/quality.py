@@ -93,7 +93,11 @@ def run_configs(model: str, config: str, dataset_name: str, args) -> tuple[dict,
     for kv in args.set or []:  # --set train.epochs=3 / model.dim=32 (applies to every neural cell)
         key, _, val = kv.partition("=")
         sec, _, field = key.partition(".")
-        (m if sec == "model" else t)[field] = json.loads(val) if val[:1] in "0123456789-[{tfn\"" else val
+        try:
+            value = json.loads(val)  # numbers, true/false/null, lists, quoted strings
+        except json.JSONDecodeError:
+            value = val
+        (m if sec == "model" else t)[field] = value
     return m, t
 
 
@@ -217,9 +221,8 @@ def main() -> None:
                     if cfgs is None:
                         print(f"[{dname}] {model}: no tuned config under {args.tuned}; skipped", flush=True)
                         continue
-                n_runs = 1 if model == "popularity" and False else args.runs
                 cells.append((dname, model, config))
-                for r in range(n_runs):
+                for r in range(args.runs):
                     if (dname, model, config, r) in done_keys:
                         continue
                     jobs.append({"path": str(path), "dataset": dname, "model": model, "config": config, "run": r,

@@ -12,7 +12,7 @@ other mirec modules; a step only wires them together:
     evaluate_candidate        mirec.evaluate.evaluate
     gate                      thresholds -> decision + reasons, comparison report (Markdown/HTML + plot)
     package_candidates        the serving packager (MARs), only for candidates that passed the gate
-    build_monitoring_reference mirec.monitoring.reference, for the packaged candidates
+    build_monitoring_reference mirec.monitoring.reference (served from each packaged MAR with its own settings)
     deploy                    Helm values for the new versions and/or TorchServe management API registration
 
 A library piece that is missing makes its step fail with a MirecError naming it; optional steps (Feast, the
@@ -704,39 +704,45 @@ def package_candidates(model_dirs: dict[str, str | Path], eval_dirs: dict[str, s
 
 # ---- 8. monitoring reference --------------------------------------------------------------------------------
 def build_monitoring_reference(eval_dirs: dict[str, str | Path], dataset_dir: str | Path, package_dir: str | Path,
-                               out_dir: str | Path) -> dict:
-    """The monitoring reference of every packaged candidate (out_dir/<model_name>/): the offline served records
-    of the test users in the serving-log format (mirec.monitoring.reference.build_reference), so that
-    `mirec monitor --reference` compares live logs with like. Skipped when nothing was packaged."""
+                               out_dir: str | Path, splits: tuple[str, ...] = ("valid", "test"),
+                               max_users: int | None = None) -> dict:
+    """The monitoring reference of every packaged candidate (out_dir/<model_name>/), made with exactly what is
+    served: the candidate's MAR is loaded with the handler's own code (RecommendService.load: the MAR's
+    aggregator, its parameters incl. the d_u calibration, its index) and every user of `splits` (default all
+    valid + test users; their evaluation input histories) is answered with the API's request defaults (n,
+    exclude_seen, diversity null), each answer written as the API writes its ServedLog line
+    (mirec.monitoring.reference.build_reference_from_mar). The serving settings are recorded in summary.json
+    and checked against the MAR's meta.json (a difference fails the step). `eval_dirs` is kept for the
+    component's interface (the evaluation's own served lists use evaluate()'s protocol, not the served
+    settings). Skipped when nothing was packaged."""
     out = _fresh_dir(out_dir)
     pkg = read_step(package_dir)
     if pkg.get("status") != "ok":
         return _write_step(out, "build_monitoring_reference", {"status": "skipped",
                                                                "reason": "no candidate packaged (gate)"})
     try:
-        from mirec.monitoring.reference import build_reference, records_from_evaluation
+        from mirec.monitoring.reference import build_reference_from_mar, check_serving, read_served_meta
     except ImportError as exc:
         raise StepUnavailable("step 'build_monitoring_reference' needs mirec.monitoring.reference "
-                              f"(build_reference, records_from_evaluation), not available in this build ({exc})") from None
-    import pandas as pd
-
-    items = pd.read_parquet(Path(dataset_dir) / "items.parquet")
-    users = pd.read_parquet(Path(dataset_dir) / "users.parquet", columns=["user_idx", "user_id"])
-    user_id = dict(zip(users["user_idx"].astype(int), users["user_id"].astype(str)))
+                              f"(build_reference_from_mar), not available in this build ({exc})") from None
     t0 = time.perf_counter()
     refs = {}
     for n, m in pkg["mars"].items():
-        served_file = Path(eval_dirs[n]) / "served.jsonl"
-        if not served_file.is_file():
-            raise MirecError(f"build_monitoring_reference: {served_file} missing (the evaluation's served lists)")
-        served = [json.loads(x) for x in served_file.read_text().splitlines() if x.strip()]
-        for r in served:
-            r["user_id"] = user_id.get(int(r["user_idx"]), str(r["user_idx"]))
-        recs = records_from_evaluation(served, items, model=m["model_name"], version=m["version"], arm=n)
-        ref_dir = build_reference(recs, out / m["model_name"], items)
+        mar = Path(package_dir) / "model-store" / m["mar"]
+        if not mar.exists():
+            raise MirecError(f"build_monitoring_reference: {mar} missing (package_candidates' MAR of candidate {n})")
+        ref_dir = build_reference_from_mar(mar, dataset_dir, out / m["model_name"], splits=tuple(splits), arm=n,
+                                           max_users=max_users)
         summary = json.loads((Path(ref_dir) / "summary.json").read_text())
+        diffs = check_serving(summary.get("serving"), read_served_meta(mar), m["model_name"])
+        if diffs:
+            raise MirecError(f"build_monitoring_reference: the reference of {m['model_name']} does not match its MAR: "
+                             + "; ".join(diffs))
+        serving = summary.get("serving") or {}
         refs[n] = {"dir": m["model_name"], "model_name": m["model_name"], "version": m["version"],
-                   "n_records": summary.get("n_records"), "catalogue_size": summary.get("catalogue_size")}
+                   "n_records": summary.get("n_records"), "catalogue_size": summary.get("catalogue_size"),
+                   "aggregator": serving.get("aggregator"), "n": serving.get("n"),
+                   "exclude_seen": serving.get("exclude_seen"), "splits": list(splits)}
     info = {"status": "ok", "references": refs, "seconds": round(time.perf_counter() - t0, 2)}
     return _write_step(out, "build_monitoring_reference", info)
 

@@ -267,26 +267,38 @@ class LossModule(nn.Module):
         def E(ids):  # item vectors in score space
             return m.to_score_space(m.item_emb(ids))
 
-        pos = (user * E(tgt)).sum(-1, keepdim=True)  # [B, 1]
+        max_over_interests = m.selection == "max"
+
+        def shared(vecs):  # [N, d] columns shared by the batch -> [B, N]
+            if max_over_interests:  # each item scored by its best interest, as the merge ranks at retrieval
+                return torch.einsum("bkd,nd->bkn", interests, vecs).amax(1)
+            return user @ vecs.T
+
+        def own(vecs):  # [B, N, d] columns of each example -> [B, N]
+            if max_over_interests:
+                return torch.einsum("bkd,bnd->bkn", interests, vecs).amax(1)
+            return torch.einsum("bd,bnd->bn", user, vecs)
+
+        pos = (user * E(tgt)).sum(-1, keepdim=True)  # [B, 1]  (the selected interest = the best one)
         cols, ids = [pos], [tgt[:, None]]
         hard = cfg.remi_hard_neg_beta > 0
         if hard:
             table = m.to_score_space(m.item_emb.weight)
             beta = cfg.remi_hard_neg_beta * float(scale.detach() if torch.is_tensor(scale) else scale)  # logit units
             neg = hard_negatives(interests, table, cfg.num_negatives, beta, cfg.hard_neg_pool)
-            cols.append(torch.einsum("bd,bmd->bm", user, E(neg)))  # [B, M]
+            cols.append(own(E(neg)))  # [B, M]
             ids.append(neg)
         elif cfg.negatives in ("uniform", "mixed"):
-            cols.append(user @ E(uni_neg).T)  # [B, M]
+            cols.append(shared(E(uni_neg)))  # [B, M]
             ids.append(uni_neg[None, :].expand(len(tgt), -1))
         if cfg.negatives in ("in_batch", "mixed"):
-            cols.append(user @ E(tgt).T)  # [B, B]
+            cols.append(shared(E(tgt)))  # [B, B]
             ib = tgt[None, :].expand(len(tgt), -1).clone()
             ib[torch.eye(len(tgt), dtype=torch.bool, device=tgt.device)] = -1  # the positive itself
             ids.append(ib)
         n_sampled = sum(c.shape[1] for c in cols)
         if self.history_negatives:
-            cols.append(torch.einsum("bd,bld->bl", user, E(seq)))  # [B, L]  the example's own history
+            cols.append(own(E(seq)))  # [B, L]  the example's own history
             ids.append(seq.masked_fill(~mask, -1))  # padding masked like an accidental hit
         logits = torch.cat(cols, 1).float() * scale  # [B, 1 + ...]
         ids = torch.cat(ids, 1)

@@ -1,7 +1,11 @@
 """The mirec monitoring pipeline (kfp v2), meant as a recurring run (e.g. hourly).
 
-    monitor (serving log window vs evaluation reference: Evidently report, tests, alert sinks)
-      -> [if firing] alert_gate (fails the run, so it shows red; disable with fail_on_alert=False)
+    monitor (serving log window vs the reference: Evidently reports, tests, alert sinks)
+      -> [unless ok] alert_gate (fails the run on an alert or a check that could not run, so it shows red;
+         fail_on_alert=False keeps alert runs green, fail_on_insufficient_data=True fails too-small windows)
+`served_meta` (the served MAR / meta.json / model store) makes the monitor refuse a reference made with other
+serving settings (allow_settings_mismatch=True overrides); `state_dir` keeps alert state (resolved
+notifications) and the window history (trend picture) between runs.
 
 The same job runs as a Kubernetes CronJob (`mirec monitor ...`, charts/). Paths are on the artifacts PVC
 (pipeline parameter artifacts_pvc, mounted at ARTIFACTS_MOUNT; ignored by the local runner).
@@ -19,7 +23,9 @@ from components.monitor import alert_gate_op, monitor_op
 
 PIPELINE_NAME = "mirec-monitoring"
 ARTIFACTS_MOUNT = "/mnt/mirec"
-DEFAULT_REFERENCE = f"{ARTIFACTS_MOUNT}/monitoring/reference/mirec_a"
+DEFAULT_REFERENCE = f"{ARTIFACTS_MOUNT}/monitoring/reference"  # one sub-folder per model (the training pipeline's layout)
+DEFAULT_SERVED_META = ""  # e.g. f"{ARTIFACTS_MOUNT}/serving/model-store": each served model's MAR
+DEFAULT_STATE = ""  # e.g. f"{ARTIFACTS_MOUNT}/monitoring/state" (PVC): open alerts + window history between runs; "" = inside this run's alerts artifact
 DEFAULT_LOG = f"{ARTIFACTS_MOUNT}/logs/served*.jsonl"
 COMPILED = Path(__file__).resolve().parent / "compiled" / "monitoring_pipeline.yaml"
 #: the webhook URL is a secret in production: read from this Kubernetes secret as MIREC_MONITOR_WEBHOOK_URL
@@ -30,16 +36,22 @@ WEBHOOK_SECRET = "mirec-monitor-webhook"
                                                "fallback and under-delivered interests vs the evaluation reference")
 def monitoring_pipeline(reference_dir: str = DEFAULT_REFERENCE, log: str = DEFAULT_LOG, since: str = "1h",
                         until: str = "", thresholds_path: str = "", webhook_url: str = "", pushgateway: str = "",
-                        fail_on_alert: bool = True, artifacts_pvc: str = "mirec-artifacts"):
+                        served_meta: str = DEFAULT_SERVED_META, allow_settings_mismatch: bool = False,
+                        alertmanager_url: str = "", state_dir: str = DEFAULT_STATE,
+                        fail_on_alert: bool = True, fail_on_insufficient_data: bool = False,
+                        artifacts_pvc: str = "mirec-artifacts"):
     mon = monitor_op(reference_dir=reference_dir, log=log, since=since, until=until, thresholds_path=thresholds_path,
-                     webhook_url=webhook_url, pushgateway=pushgateway)
+                     webhook_url=webhook_url, pushgateway=pushgateway, served_meta=served_meta,
+                     allow_settings_mismatch=allow_settings_mismatch, alertmanager_url=alertmanager_url,
+                     state_dir=state_dir)
     mon.set_caching_options(False)  # a recurring run must look at the new window every time
     mon.set_cpu_limit("2").set_memory_limit("4G")
     kubernetes.mount_pvc(mon, pvc_name=artifacts_pvc, mount_path=ARTIFACTS_MOUNT)
     kubernetes.use_secret_as_env(mon, secret_name=WEBHOOK_SECRET,
                                  secret_key_to_env={"url": "MIREC_MONITOR_WEBHOOK_URL"}, optional=True)
-    with dsl.If(mon.outputs["Output"] == "firing", name="alert-fired"):
-        gate = alert_gate_op(alerts=mon.outputs["alerts"], fail_on_alert=fail_on_alert)
+    with dsl.If(mon.outputs["Output"] != "ok", name="not-healthy"):
+        gate = alert_gate_op(alerts=mon.outputs["alerts"], fail_on_alert=fail_on_alert,
+                             fail_on_insufficient_data=fail_on_insufficient_data)
         gate.set_caching_options(False)
 
 

@@ -66,17 +66,45 @@ class MirecHandler(BaseHandler):
         self.initialized = True
 
     def handle(self, data, context):
-        bodies = [(row.get("body") if row.get("body") is not None else row.get("data")) for row in data]
+        """One response per request, in order. Nothing one request holds fails its batch mates: the service
+        isolates parsing and answering per request, and if even that raised, or a payload could not be encoded,
+        only the requests concerned get a 500 JSON of their own."""
+        bodies = [_body(row) for row in data]
         if len(bodies) > 1:
             logger.info("mirec batch of %d requests", len(bodies))
-        results = self.service.handle_batch(bodies)
+        try:
+            results = self.service.handle_batch(bodies)
+        except Exception as exc:  # noqa: BLE001 - handle_batch isolates per request; this is a last resort
+            logger.exception("handle_batch raised for a batch of %d", len(bodies))
+            results = [(500, {"error": f"internal error: {type(exc).__name__}", "code": 500})] * len(bodies)
         out = []
         for idx, (status, payload) in enumerate(results):
+            try:
+                blob = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+            except Exception as exc:  # noqa: BLE001 - e.g. a lone surrogate in a message
+                logger.exception("response %d of a batch of %d could not be encoded", idx, len(bodies))
+                status, payload = 500, {"error": f"internal error: response not encodable ({type(exc).__name__})",
+                                        "code": 500}
+                blob = orjson.dumps(payload)
             if status != 200:
-                context.set_response_status(status, payload.get("error", "error")[:200], idx)
+                context.set_response_status(status, reason_phrase(payload.get("error", "error")), idx)
             context.set_response_content_type(idx, "application/json")
-            out.append(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
+            out.append(blob)
         return out
+
+
+def _body(row):
+    """The request body of one batch row (TorchServe puts it under "body" or "data"; None if neither)."""
+    if not isinstance(row, dict):
+        return row
+    body = row.get("body")
+    return body if body is not None else row.get("data")
+
+
+def reason_phrase(message) -> str:
+    """An HTTP reason phrase from an error message: printable ASCII only (it goes into the status line), short."""
+    text = ascii(str(message))[1:-1]
+    return "".join(c if " " <= c <= "~" else " " for c in text)[:200] or "error"
 
 
 _service = MirecHandler()

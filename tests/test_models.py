@@ -169,3 +169,16 @@ def test_recommender_baseline_path():
     rec = Recommender(pop, items=np.zeros(4, np.int64), item_popularity=pop.pop)
     assert [r.item_idx for r in rec.recommend([np.array([3])], n=2)[0]] == [0, 2]
     assert [r.item_idx for r in rec.recommend([np.array([3])], n=2, exclude_seen=False)[0]] == [0, 3]
+
+
+def test_interest_head_is_shared_across_interests_and_used_for_serving():
+    plain, head = _model("comirec_sa", interest_head="none"), _model("comirec_sa", interest_head="mlp")
+    assert plain.head is None and head.head is not None
+    assert _model("comirec_sa").head is not None and _model("single").head is not None  # their default
+    assert _model("mind").head is None and _model("comirec_dr").head is None
+    seq, mask = pad_histories([np.array([1, 5, 7, 9])], 12)
+    raw = head.interests(seq, mask)  # the paper's interests, before the head
+    served = head.serving_interests(seq, mask)
+    want = torch.nn.functional.normalize(raw + head.head(raw), dim=-1)  # one MLP for every interest
+    torch.testing.assert_close(served, want)
+    assert sum(p.numel() for p in head.parameters()) - sum(p.numel() for p in plain.parameters()) == 8 * 16 * 2 + 16 + 8

@@ -32,7 +32,8 @@ def test_monitoring_pipeline_compiles(tmp_path):
     assert spec.pipeline_info.name == "mirec-monitoring"
     params = spec.root.input_definitions.parameters
     for p in ("reference_dir", "log", "since", "until", "thresholds_path", "webhook_url", "pushgateway",
-              "fail_on_alert", "artifacts_pvc"):
+              "served_meta", "allow_settings_mismatch", "alertmanager_url", "state_dir", "fail_on_alert",
+              "fail_on_insufficient_data", "artifacts_pvc"):
         assert p in params, p
     assert set(spec.components) >= {"comp-monitor-op", "comp-alert-gate-op", "comp-condition-1"}
     platform = json.dumps(docs[1]) if len(docs) > 1 else ""
@@ -46,7 +47,7 @@ def test_monitoring_pipeline_runs_locally_and_fails_on_alert(tmp_path, monkeypat
     from pipelines.monitoring_pipeline import compile
 
     sim = TrafficSimulator()
-    build_reference(sim.window(400, *hour(-10), seed=1), tmp_path / "ref", sim.cat.item_meta())
+    build_reference(sim.window(400, *hour(-10), seed=1), tmp_path / "ref" / "mirec_a", sim.cat.item_meta())
     log = tmp_path / "logs" / "served.jsonl"
     write_jsonl(sim.window(120, *hour(0), seed=2, mode="collapsed"), log)
     th = tmp_path / "thresholds.yaml"
@@ -68,5 +69,6 @@ def test_monitoring_pipeline_runs_locally_and_fails_on_alert(tmp_path, monkeypat
     window = next(p for p in alerts.iterdir() if p.is_dir())
     doc = json.loads((window / "alerts.json").read_text())
     assert doc["status"] == "firing" and any(a["check"] == "interest_collapse" for a in doc["alerts"])
+    assert (window / "trend.png").is_file() and (window / "report-items.html").is_file()
     assert (window / "report.html").stat().st_size > 100_000 and (window / "metrics.prom").is_file()
     assert next(run_dir.glob("monitor-op/report")).stat().st_size > 100_000

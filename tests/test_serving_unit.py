@@ -91,12 +91,12 @@ def test_log4j2_config_quietens_per_request_lines(tmp_path):
     (b"{not json", 400, "invalid JSON"),
     (b"", 400, "empty request body"),
     (b"[1, 2]", 400, "JSON object"),
-    ({"user_id": "u", "n": 0}, 400, "'n'"),
-    ({"user_id": "u", "n": 100000}, 400, "'n'"),
-    ({"user_id": "u", "n": "many"}, 400, "'n'"),
-    ({"user_id": "u", "history": "item-1"}, 400, "'history'"),
-    ({"user_id": "u", "diversity": 2}, 400, "'diversity'"),
-    ({"user_id": "u", "colour": "red"}, 400, "'colour'"),
+    ({"user_id": "u", "n": 0}, 422, "'n'"),
+    ({"user_id": "u", "n": 100000}, 422, "'n'"),
+    ({"user_id": "u", "n": "many"}, 422, "'n'"),
+    ({"user_id": "u", "history": "item-1"}, 422, "'history'"),
+    ({"user_id": "u", "diversity": 2}, 422, "'diversity'"),
+    ({"user_id": "u", "colour": "red"}, 422, "'colour'"),
     ({"user_id": "u", "history": ["i"] * (MAX_HISTORY + 1)}, 413, "at most"),
 ])
 def test_bad_requests(body, status, fragment):
@@ -134,7 +134,7 @@ def test_batch_with_bad_requests_answers_each(service):
               {"user_id": "cold", "n": 5}, {"history": ["nope-1", "nope-2"], "n": 5},
               {"history": ["item-1", "nope"], "n": 5}]
     res = service.handle_batch(bodies)
-    assert [s for s, _ in res] == [200, 400, 400, 200, 200, 200]
+    assert [s for s, _ in res] == [200, 400, 422, 200, 200, 200]
     assert res[3][1]["fallback"] == "popularity" and res[3][1]["history_source"] == "none"
     assert all(it["interest"] == -1 for it in res[3][1]["items"])
     pop = items_frame().sort_values("popularity", ascending=False, kind="stable")["item_id"].tolist()[:5]
@@ -211,7 +211,7 @@ def test_api_ab_logging_and_errors(service, tmp_path):
         r = c.post("/recommend", content=b"{bad")
         assert r.status_code == 400 and "invalid JSON" in r.json()["error"]
         r = c.post("/recommend", json={"user_id": "u1", "n": 0})
-        assert r.status_code == 400
+        assert r.status_code == 422
         assert c.get("/healthz").status_code == 200
         m = c.get("/metrics").text
         assert 'mirec_api_requests_total{arm="A",status="200"}' in m and "mirec_api_feast_fallback_total" in m
@@ -265,7 +265,9 @@ def test_api_upstream_down(tmp_path):
     with TestClient(create_app(_settings(tmp_path), upstream=InProcessTorchServe({}, refuse=True))) as c:
         r = c.post("/recommend", json={"user_id": "u", "n": 5})
         assert r.status_code == 503 and "unavailable" in r.json()["error"]
-        assert c.get("/healthz").status_code == 503
+        assert c.get("/healthz").status_code == 200  # liveness: this process answers
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and not ready.json()["arms"]["A"]["ready"]
 
 
 

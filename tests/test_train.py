@@ -96,7 +96,7 @@ def test_cosine_logits_with_temperature_and_history_negatives():
     m, lm, seq, mask, tgt = _loss_setup("uniform", similarity="cos", history_negatives=True, temperature=0.2)
     neg = torch.tensor([1, 11, 12])
     _, ce, _ = lm(seq, mask, tgt, neg)
-    V = torch.nn.functional.normalize(m.interests(seq, mask), dim=-1)  # [B, K, d]
+    V = m.serving_interests(seq, mask)  # [B, K, d], unit length (interest head included)
     E = torch.nn.functional.normalize(m.item_emb.weight, dim=-1)
     losses = []
     for b in range(2):
@@ -110,6 +110,24 @@ def test_cosine_logits_with_temperature_and_history_negatives():
     assert lm2(seq, mask, tgt, neg)[1] < ce
     _, lm3, *_ = _loss_setup("uniform", similarity="cos", temperature=0.2, learn_temperature=True)
     assert any(n == "log_inv_tau" for n, _ in lm3.named_parameters()) and lm3.temperature == pytest.approx(0.2)
+
+
+def test_max_selection_scores_every_candidate_by_its_best_interest():
+    torch.manual_seed(0)
+    m = build(ModelConfig(name="comirec_sa", n_items=20, dim=4, K=2, max_len=6, selection="max")).train()
+    lm = LossModule(m, TrainConfig(negatives="mixed", num_negatives=3, temperature=0.5), np.arange(1, 21))
+    seq, mask = pad_histories([np.array([1, 2, 3]), np.array([4, 5])], 6)
+    tgt, neg = torch.tensor([7, 9]), torch.tensor([11, 12, 13])
+    _, ce, _ = lm(seq, mask, tgt, neg)
+    V = m.serving_interests(seq, mask)  # unit length, interest head included
+    E = torch.nn.functional.normalize(m.item_emb.weight, dim=-1)
+    losses = []
+    for b in range(2):
+        best = lambda j: (V[b] @ E[j]).max()  # noqa: E731  the merge's score of item j
+        other = tgt[1 - b]
+        cols = torch.stack([best(tgt[b])] + [best(j) for j in neg] + [best(other)]) / 0.5
+        losses.append(-torch.log_softmax(cols, 0)[0])
+    torch.testing.assert_close(ce, torch.stack(losses).mean().detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_history_negatives_mask_the_target_when_it_repeats():

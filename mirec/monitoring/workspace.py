@@ -23,13 +23,15 @@ def _workspace(target: str | Path):
 
 
 def add_to_workspace(target: str | Path, snapshots: list[tuple[str, str, object]], window: dict) -> dict:
-    """snapshots: [(model, arm, evidently Snapshot)] -> {"ok": True, "runs": [{project, snapshot_id}]}."""
+    """snapshots: [(model, arm, Snapshot or {dataset level: Snapshot})] -> {"ok": True, "runs": [{project, snapshot_id}]}."""
     ws = _workspace(target)
     runs = []
-    for model, arm, snap in snapshots:
+    for model, arm, snaps in snapshots:
         name = f"mirec {model}/{arm or '-'}"
         found = ws.search_project(name)
         project = found[0] if found else ws.create_project(name, description="mirec monitor windows (Evidently snapshots)")
-        ref = ws.add_run(project.id, snap, name=f"{model}/{arm or '-'} {window['name']}")
-        runs.append({"project": name, "project_id": str(project.id), "snapshot_id": str(getattr(ref, "id", ref))})
+        for level, snap in (snaps.items() if isinstance(snaps, dict) else [("", snaps)]):
+            ref = ws.add_run(project.id, snap, name=f"{model}/{arm or '-'} {window['name']}" + (f" ({level})" if level else ""))
+            runs.append({"project": name, "project_id": str(project.id), "level": level,
+                         "snapshot_id": str(getattr(ref, "id", ref))})
     return {"ok": True, "target": str(target), "runs": runs}

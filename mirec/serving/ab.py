@@ -43,8 +43,9 @@ class Experiment(StrictModel):
 
 
 def unit_hash(salt: str, user_id: str) -> float:
-    """Deterministic u in [0, 1) for (salt, user_id)."""
-    digest = hashlib.sha256(f"{salt}:{user_id}".encode("utf-8")).digest()
+    """Deterministic u in [0, 1) for (salt, user_id). "surrogatepass": a lone surrogate (valid in JSON, not in
+    UTF-8) is hashed as its code point instead of failing; every other string hashes as its UTF-8 bytes."""
+    digest = hashlib.sha256(f"{salt}:{user_id}".encode("utf-8", "surrogatepass")).digest()
     return struct.unpack(">Q", digest[:8])[0] / 2.0**64
 
 

@@ -5,7 +5,8 @@ Output layout (accepted by TorchServe and by KServe's TorchServe runtime):
     <out_dir>/model-store/<name>.mar      one per candidate
     <out_dir>/config/config.properties    addresses, metrics_mode=prometheus, model_snapshot (workers,
                                           batch size, max batch delay per model)
-    <out_dir>/package.json                what was packaged (names, versions, metrics, index kinds)
+    <out_dir>/package.json                what was packaged (names, versions, metrics, index kinds, the sha256
+                                          of every MAR: verified before TorchServe starts)
 
 Inside each MAR (torch-model-archiver, custom handler `serving/handler.py`):
     weights.pt           model state_dict (loaded with torch.load(weights_only=True))
@@ -41,6 +42,7 @@ import mirec
 from mirec.config import StrictModel, load_yaml_config
 from mirec.errors import ConfigError, MirecError
 from mirec.serving.service import INDEX_FILE, ITEMS_FILE, META_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE
+from mirec.serving.torchserve import mar_sha256
 from mirec.serving.tsconfig import ModelServing, ServerSettings, render_config_properties, render_log4j2
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,10 @@ class CandidateSpec(StrictModel):
     batch_size: int = Field(8, ge=1)
     max_batch_delay_ms: int = Field(1, ge=0)
     response_timeout_s: int = Field(30, ge=1)
+    #: TorchServe drops a request still queued after this long (clientTimeoutInMills in the MAR's model-config.yaml)
+    #: instead of working for a client that gave up: keep it equal to the API's `timeout_ms` (default 1000).
+    #: null: never dropped.
+    client_timeout_ms: int | None = Field(1000, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -227,15 +233,37 @@ def stage_candidate(stage_dir: str | Path, model, model_cfg, items, *, name: str
     return meta
 
 
+MODEL_CONFIG_YAML = "model-config.yaml"
+
+
+def torchserve_model_config(response_timeout_s: int = 30, client_timeout_ms: int | None = None) -> dict:
+    """The MAR's model-config.yaml (TorchServe 0.12 reads it at registration). Only timeouts: workers, batch size
+    and batch delay come from config.properties' model_snapshot. TorchServe takes `responseTimeout` from this file
+    whenever the MAR has one (over the snapshot's), so it is written here too, equal to the snapshot's."""
+    cfg: dict = {"responseTimeout": int(response_timeout_s), "startupTimeout": 120}
+    if client_timeout_ms:
+        cfg["clientTimeoutInMills"] = int(client_timeout_ms)
+    return cfg
+
+
 def build_mar(stage_dir: str | Path, name: str, version: str, model_store: str | Path,
-              archive_format: str = "default", handler: str | Path = HANDLER) -> Path:
-    """torch-model-archiver over a staged directory -> <model_store>/<name>.mar (or folder)."""
+              archive_format: str = "default", handler: str | Path = HANDLER,
+              model_config: dict | None = None) -> Path:
+    """torch-model-archiver over a staged directory -> <model_store>/<name>.mar (or folder). `model_config`
+    (`torchserve_model_config`) becomes the MAR's model-config.yaml."""
+    import yaml
+
     model_store = Path(model_store)
     model_store.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name, "--version", version,
            "--handler", str(handler), "--extra-files", str(stage_dir), "--export-path", str(model_store),
            "--archive-format", archive_format, "--force"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="mirec-mar-cfg-") as cfg_dir:
+        if model_config is not None:
+            cfg_file = Path(cfg_dir) / MODEL_CONFIG_YAML
+            cfg_file.write_text(yaml.safe_dump(model_config, sort_keys=True))
+            cmd += ["--config-file", str(cfg_file)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise MirecError(f"torch-model-archiver failed for {name}: {(proc.stderr or proc.stdout).strip()[-800:]}")
     out = model_store / (f"{name}.mar" if archive_format == "default" else name)
@@ -302,11 +330,14 @@ def package(spec: PackageSpec, candidates: dict | None = None, log=print) -> dic
         with tempfile.TemporaryDirectory(prefix=f"mirec-stage-{c.name}-") as tmp:
             meta = stage_candidate(tmp, model, cfg, items, name=c.name, version=c.version, index=c.index,
                                    aggregator=c.aggregator, aggregator_params=c.aggregator_params, metrics=metrics)
-            mar = build_mar(tmp, c.name, c.version, store, spec.archive_format)
+            mar = build_mar(tmp, c.name, c.version, store, spec.archive_format,
+                            model_config=torchserve_model_config(c.response_timeout_s, c.client_timeout_ms))
+        digest = mar_sha256(mar)
         served.append(ModelServing(name=c.name, version=c.version, mar=mar.name, workers=c.workers,
                                    batch_size=c.batch_size, max_batch_delay_ms=c.max_batch_delay_ms,
-                                   response_timeout_s=c.response_timeout_s))
-        report.append({"name": c.name, "version": c.version, "mar": str(mar), "index": meta["index"],
+                                   response_timeout_s=c.response_timeout_s, client_timeout_ms=c.client_timeout_ms,
+                                   sha256=digest))
+        report.append({"name": c.name, "version": c.version, "mar": str(mar), "sha256": digest, "index": meta["index"],
                        "serving": served[-1].model_dump(),
                        "metrics": meta["metrics"], "seconds": round(time.perf_counter() - t0, 2)})
         ix = meta["index"]

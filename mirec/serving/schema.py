@@ -13,10 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_N = 500
 MAX_HISTORY = 1000
+MAX_ID_LEN = 256  # characters of a user id or an item id (an int id counts its decimal digits)
 
 
 class RecommendRequest(BaseModel):
-    """`{"user_id": ..., "history": [item ids], "n": 50, "diversity": null|0..1, "exclude_seen": true}`."""
+    """`{"user_id": ..., "history": [item ids], "n": 50, "diversity": null|0..1, "exclude_seen": true}`.
+
+    Requests from clients are validated strictly (`mirec.serving.service.parse_request` calls
+    `model_validate(body, strict=True)`): no coercion (`n: true`, `user_id: true`, `exclude_seen: "yes"`,
+    `history: [true]` are errors; an int `diversity` such as 0 or 1 is a number and accepted). Python callers that
+    build one directly (offline reference, benchmarks) keep the lax mode (e.g. numpy ints). Ids are strings or ints,
+    at most MAX_ID_LEN characters (ints are turned into their decimal string: 123 and "123" are the same id)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,12 +36,23 @@ class RecommendRequest(BaseModel):
     @field_validator("user_id")
     @classmethod
     def _user_id_str(cls, v):
-        return None if v is None else str(v)
+        if v is None:
+            return None
+        s = str(v)
+        if len(s) > MAX_ID_LEN:
+            raise ValueError(f"user_id has {len(s)} characters; at most {MAX_ID_LEN} are accepted")
+        return s
 
     @field_validator("history")
     @classmethod
     def _history_str(cls, v):
-        return None if v is None else [str(x) for x in v]
+        if v is None:
+            return None
+        out = [str(x) for x in v]
+        for i, s in enumerate(out):
+            if len(s) > MAX_ID_LEN:
+                raise ValueError(f"history[{i}] has {len(s)} characters; at most {MAX_ID_LEN} are accepted")
+        return out
 
 
 class ServedItem(BaseModel):
@@ -98,3 +116,8 @@ class ServedLog(BaseModel):
     interest_stats: InterestStats = Field(default_factory=InterestStats)
     history_categories: dict[str, int] = Field(default_factory=dict)
     latency_ms: float = 0.0
+    #: popularity of the request's known history items: {"head_share": share of them in the catalogue's head
+    #: (top 10% of items by popularity), "mean_log_pop": mean log1p(popularity)}, from
+    #: mirec.monitoring.popularity.history_popularity; None when the writer does not compute it (the monitor
+    #: then reports the history-popularity test as not tested). Optional: schema version stays 1.
+    history_popularity: dict[str, float] | None = None

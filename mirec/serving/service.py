@@ -49,14 +49,38 @@ class BadRequest(Exception):
 
 
 def error_body(message: str, status: int) -> dict:
-    return {"error": message, "code": status}
+    return {"error": safe_text(message), "code": status}
+
+
+def safe_text(text: str, limit: int = 500) -> str:
+    """`text` cut to `limit` characters and made encodable: a lone surrogate (JSON allows "\\ud800") becomes its
+    escape, so the message can always be sent as UTF-8 JSON (and as an HTTP reason phrase once ASCII-fied)."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _where(loc: tuple) -> str:
+    """A pydantic error location as a short, printable path: the field, then list positions (the member
+    tags of a union, `str` / `int`, are dropped). A field name comes from the client: cut and ASCII-fied."""
+    if not loc:
+        return "<body>"
+    head = str(loc[0])
+    head = head if len(head) <= 40 else head[:40] + "..."
+    parts = [head] + [str(p) for p in loc[1:] if isinstance(p, int)]
+    return ascii(".".join(parts))[1:-1]
 
 
 def parse_request(body: Any) -> RecommendRequest:
-    """bytes | str | dict -> RecommendRequest, or BadRequest with a message that says what is wrong."""
-    if isinstance(body, (bytes, bytearray)):
+    """bytes | str | dict -> RecommendRequest, or BadRequest with a message that says what is wrong.
+
+    400: not UTF-8, empty, not JSON (incl. nesting too deep for the parser, an integer with more digits than
+    Python converts), not an object; 413: a history longer than MAX_HISTORY; 422: a field of the wrong type
+    (strict: no bool -> int/str coercion), out of range, too long, or unknown."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
         try:
-            body = body.decode("utf-8")
+            body = bytes(body).decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("request body is not UTF-8 text") from None
     if isinstance(body, str):
@@ -66,20 +90,33 @@ def parse_request(body: Any) -> RecommendRequest:
             body = json.loads(body)
         except json.JSONDecodeError as exc:
             raise BadRequest(f"invalid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+        except RecursionError:
+            raise BadRequest("invalid JSON: nested too deeply") from None
+        except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() (4300) digits
+            what = "a number has too many digits" if "digits" in str(exc) else safe_text(exc, 200)
+            raise BadRequest(f"invalid JSON: {what}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request must be a JSON object, got {type(body).__name__}")
     hist = body.get("history")
     if isinstance(hist, list) and len(hist) > MAX_HISTORY:
         raise BadRequest(f"history has {len(hist)} items; at most {MAX_HISTORY} are accepted", 413)
     try:
-        return RecommendRequest.model_validate(body)
+        return RecommendRequest.model_validate(body, strict=True)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<body>"
-        msg = first["msg"]
+        errors = exc.errors(include_url=False, include_input=False)
+        where = _where(errors[0]["loc"])
+        # a union (`str | int` ids) reports one error per member: say them together
+        same = [e for e in errors[:4] if _where(e["loc"]) == where]
+        kinds = {e["type"] for e in same}
+        if len(same) > 1 and kinds <= {"string_type", "int_type"}:
+            msg = "must be a string or an integer (strict: true/false, numbers with a fraction, lists are refused)"
+        else:
+            msg = safe_text(same[0]["msg"], 300)
         if where == "n":
             msg += f" (n must be an integer in 1..{MAX_N})"
-        raise BadRequest(f"invalid field '{where}': {msg}") from None
+        raise BadRequest(f"invalid field '{where}': {msg}", 422) from None
+    except RecursionError:  # a deeply nested value in a field (a dict body decoded by the caller)
+        raise BadRequest("request nested too deeply", 400) from None
 
 
 HistoryClient = Callable[[list[str]], dict[str, list[str]]]
@@ -202,8 +239,12 @@ class RecommendService:
                       interest_stats=stats, history_categories=dict(cats), feast_fallback=feast_fallback)
 
     def handle_batch(self, bodies: list[Any]) -> list[tuple[int, dict]]:
-        """One (status, JSON body) per request, in order. A bad request gets a 4xx of its own; the
-        others in the batch are answered normally."""
+        """One (status, JSON body) per request, in order, whatever the requests hold.
+
+        Per-request isolation: a request that cannot be parsed gets its own 4xx (`BadRequest`); any other
+        exception while parsing one request is that request's 500; if answering the valid requests together
+        raises, each is retried alone, so only the one that fails gets a 500. Nothing a request holds makes
+        this method raise or fail its batch mates."""
         results: list[tuple[int, dict] | None] = [None] * len(bodies)
         ok: list[tuple[int, RecommendRequest]] = []
         for i, b in enumerate(bodies):
@@ -211,17 +252,21 @@ class RecommendService:
                 ok.append((i, parse_request(b)))
             except BadRequest as exc:
                 results[i] = (exc.status, error_body(exc.message, exc.status))
+            except Exception as exc:  # noqa: BLE001 - a parser fault must stay this request's own answer
+                log.exception("request %d of a batch of %d could not be parsed", i, len(bodies))
+                results[i] = (500, error_body(f"internal error while parsing the request: {type(exc).__name__}", 500))
         if ok:
             try:
                 answers = self.answer([r for _, r in ok])
                 for (i, _), a in zip(ok, answers):
                     results[i] = (200, a.as_dict())
-            except Exception as exc:  # one failing request must not take the batch down: retry one by one
+            except Exception as exc:  # noqa: BLE001 - one failing request must not take the batch down
                 log.exception("batch failed, answering one by one: %s", exc)
                 for i, r in ok:
                     try:
                         results[i] = (200, self.answer([r])[0].as_dict())
-                    except Exception as exc1:
+                    except Exception as exc1:  # noqa: BLE001
+                        log.exception("request %d of a batch of %d failed", i, len(bodies))
                         results[i] = (500, error_body(f"internal error: {type(exc1).__name__}: {exc1}", 500))
         return results  # type: ignore[return-value]
 

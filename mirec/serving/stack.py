@@ -2,12 +2,17 @@
 
     TorchServe (both candidates' MARs from `mirec package`, profile `local`) + the recommendation API
     (A/B split over the packaged candidates unless a settings file names the arms).
-Ctrl-C / SIGTERM stops uvicorn, then TorchServe and every one of its processes.
+Before anything starts: the MARs are checked against their sha256 in package.json and every port (the API's and
+TorchServe's five) must be free (the error names the port and the process holding it). TorchServe is tied to this
+process (`mirec.serving.tswatch`: it goes down when this process dies, even by SIGKILL) and supervised: when it
+exits while serving, the API stops and `run_forever` raises `TorchServeDied` (`mirec serve` exits 1 with the
+reason). Ctrl-C / SIGTERM stops uvicorn, then TorchServe and every one of its processes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import tempfile
 import threading
@@ -17,8 +22,10 @@ from pathlib import Path
 from mirec.errors import MirecError
 from mirec.serving.ab import Arm, Experiment
 from mirec.serving.settings import ApiSettings, load_settings
-from mirec.serving.torchserve import TorchServeProcess, free_port
+from mirec.serving.torchserve import TorchServeDied, TorchServeProcess, check_ports_free, free_port
 from mirec.serving.tsconfig import ModelServing
+
+log = logging.getLogger(__name__)
 
 
 def read_package(package_dir: str | Path) -> tuple[Path, list[ModelServing]]:
@@ -32,8 +39,13 @@ def read_package(package_dir: str | Path) -> tuple[Path, list[ModelServing]]:
 
 def default_settings(models: list[ModelServing], torchserve_url: str, log_path: str | None,
                      salt: str = "exp-1") -> ApiSettings:
+    """An even split over the packaged models; the API's deadline = the MARs' client timeout (so TorchServe drops
+    what the API gave up on); /docs on (a local, loopback-only stack)."""
     arms = [Arm(name=chr(ord("A") + i), model=m.name, weight=1.0) for i, m in enumerate(models[:26])]
-    return ApiSettings(torchserve_url=torchserve_url, experiment=Experiment(salt=salt, arms=arms), log_path=log_path)
+    timeouts = [m.client_timeout_ms for m in models if m.client_timeout_ms]
+    extra = {"timeout_ms": max(timeouts)} if timeouts else {}
+    return ApiSettings(torchserve_url=torchserve_url, experiment=Experiment(salt=salt, arms=arms), log_path=log_path,
+                       docs=True, **extra)
 
 
 class LocalStack:
@@ -61,16 +73,40 @@ class LocalStack:
             if log_path:
                 upd["log_path"] = log_path
             self.settings = s.model_copy(update=upd)
+        self.settings = self.settings.model_copy(update={"torchserve_management_url": self.ts.management_url})
+        for m in self.models:
+            if m.client_timeout_ms and m.client_timeout_ms < self.settings.timeout_ms:
+                log.warning("model %s: TorchServe drops requests queued longer than %d ms (client_timeout_ms), the "
+                            "API waits %d ms (timeout_ms): such requests get 504 after the full wait; make them equal",
+                            m.name, m.client_timeout_ms, self.settings.timeout_ms)
         self.api_port = api_port or free_port()
         self.server = None
         self._thread = None
+        self._watch: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.died: str | None = None  # why TorchServe is gone, when it died while serving
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start_torchserve(self) -> None:
+        check_ports_free({"API": self.api_port})  # before TorchServe starts: fail at once, nothing to clean up
         self.ts.start()
+        self._stopping.clear()
+        self._watch = threading.Thread(target=self._supervise, name="mirec-torchserve-watch", daemon=True)
+        self._watch.start()
+
+    def _supervise(self) -> None:
+        """TorchServe gone while serving: say why, stop the API (run_forever then raises TorchServeDied)."""
+        while not self._stopping.wait(0.5):
+            if not self.ts.alive():
+                self.died = (f"TorchServe exited unexpectedly (code {self.ts.exit_code()}); its logs are in "
+                             f"{self.ts.log_dir}")
+                log.error("%s", self.died)
+                if self.server is not None:
+                    self.server.should_exit = True
+                return
 
     def _make_server(self):
         import uvicorn
@@ -114,11 +150,15 @@ class LocalStack:
         self.start_torchserve()
         try:
             self.server = self._make_server()
-            self.server.run()
+            if self.died is None:
+                self.server.run()
         finally:
             self.stop()
+        if self.died:
+            raise TorchServeDied(self.died)
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.server is not None and self._thread is not None:
             self.server.should_exit = True
             self._thread.join(timeout=10)

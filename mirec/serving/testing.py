@@ -55,12 +55,17 @@ class InProcessTorchServe:
     """Stands in for TorchServe's inference API (tests only; implements `mirec.serving.upstream.ModelServer`):
     `predict(model, ...)` goes straight to that model's `RecommendService.handle_batch`, so the API can be
     driven without the Java process. `ping` answers healthy; `refuse=True` behaves like a TorchServe that is
-    down (every call raises `UpstreamUnavailable`)."""
+    down (every call raises `UpstreamUnavailable`). `delay_s` makes every prediction take that long (overload
+    tests); `workers_ready` ({model: n}, default 1 each) is what `describe` (the management API) reports."""
 
-    def __init__(self, service_by_model: dict, refuse: bool = False):
+    def __init__(self, service_by_model: dict, refuse: bool = False, delay_s: float = 0.0,
+                 workers_ready: dict[str, int] | None = None):
         self.services = service_by_model
         self.refuse = refuse
+        self.delay_s = delay_s
+        self.workers_ready = workers_ready
         self.token: str | None = None
+        self.calls = 0
 
     async def start(self) -> None:
         pass
@@ -74,6 +79,11 @@ class InProcessTorchServe:
 
     async def predict(self, model: str, body: bytes, request_id: str):
         self._check()
+        self.calls += 1
+        if self.delay_s:
+            import asyncio
+
+            await asyncio.sleep(self.delay_s)
         if model not in self.services:
             return UpstreamReply(404, json.dumps({"code": 404, "message": f"Model not found: {model}"}).encode())
         status, payload = self.services[model].handle_batch([body])[0]
@@ -82,3 +92,12 @@ class InProcessTorchServe:
     async def ping(self):
         self._check()
         return UpstreamReply(200, b'{"status": "Healthy"}')
+
+    async def describe(self, model: str):
+        """Like TorchServe's GET /models/<model> (management API): the model's workers and their status."""
+        self._check()
+        if model not in self.services:
+            return UpstreamReply(404, json.dumps({"code": 404, "message": f"Model not found: {model}"}).encode())
+        n = 1 if self.workers_ready is None else self.workers_ready.get(model, 0)
+        workers = [{"id": str(9000 + i), "status": "READY"} for i in range(n)] or [{"id": "9000", "status": "UNLOADING"}]
+        return UpstreamReply(200, json.dumps([{"modelName": model, "workers": workers}]).encode())

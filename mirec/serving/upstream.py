@@ -10,6 +10,10 @@ call and was the largest single item in the API's profile (py-spy); aiohttp's ke
 fraction of that. The request body the client sent is forwarded unchanged when the API did not add a
 history, and the answer is parsed once (by the API's schema), so no JSON is encoded or decoded twice.
 
+One connection pool per model (arm): a model whose worker is restarting holds its own connections until the
+deadline, and another arm's requests do not wait behind them for a free connection. Health calls (ping,
+management) use a pool of their own.
+
 `ModelServer` is the interface the API needs; `mirec.serving.testing.InProcessTorchServe` implements it
 in-process for tests that drive the API without the Java process.
 """
@@ -25,6 +29,10 @@ import aiohttp
 
 class UpstreamUnavailable(Exception):
     """TorchServe could not be reached or did not answer in time (-> 503 from the API)."""
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    """TorchServe did not answer within the API's deadline (-> 504 from the API)."""
 
 
 @dataclass(frozen=True)
@@ -50,45 +58,74 @@ class ModelServer(Protocol):
 
 
 class TorchServeClient:
-    """Keep-alive connection pool to TorchServe's inference address (aiohttp)."""
+    """Keep-alive connection pools (aiohttp) to TorchServe: one per model + one for health calls.
 
-    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 1.0, max_connections: int = 64):
+    `management_url`/`management_token`: the management API, for `describe` (readiness)."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 1.0, max_connections: int = 64,
+                 management_url: str | None = None, management_token: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
         self.max_connections = max_connections
-        self._session = None
+        self.management_url = management_url.rstrip("/") if management_url else None
+        self.management_token = management_token
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._started = False
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=60.0)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                                              skip_auto_headers=("User-Agent",))
+    def _session(self, pool: str) -> aiohttp.ClientSession:
+        s = self._sessions.get(pool)
+        if s is None:
+            connector = aiohttp.TCPConnector(limit=self.max_connections if pool != "_health" else 4,
+                                             keepalive_timeout=60.0)
+            s = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                      skip_auto_headers=("User-Agent",))
+            self._sessions[pool] = s
+        return s
+
+    async def start(self, models: list[str] | None = None) -> None:
+        self._started = True
+        for m in models or []:
+            self._session(m)
+        self._session("_health")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._started = False
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for s in sessions:
+            await s.close()
 
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+    def _headers(self, extra: dict[str, str] | None = None, token: str | None = None) -> dict[str, str]:
         h = {"Content-Type": "application/json"}
-        if self.token:
-            h["Authorization"] = f"Bearer {self.token}"
+        if token:
+            h["Authorization"] = f"Bearer {token}"
         return {**h, **(extra or {})}
 
-    async def _call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+    async def _call(self, pool: str, method: str, url: str, body: bytes | None = None, headers: dict | None = None,
                     timeout_s: float | None = None) -> UpstreamReply:
-        if self._session is None:
+        if not self._started:
             raise UpstreamUnavailable("client not started")
+        limit = timeout_s or self.timeout_s
         kw = {"timeout": aiohttp.ClientTimeout(total=timeout_s)} if timeout_s else {}
         try:
-            async with self._session.request(method, self.base_url + path, data=body, headers=self._headers(headers),
-                                             **kw) as r:
+            async with self._session(pool).request(method, url, data=body, headers=headers, **kw) as r:
                 return UpstreamReply(r.status, await r.read())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"no answer from {url} within {limit * 1000:.0f} ms") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamUnavailable(f"{type(exc).__name__}: {exc or 'connection failed'} ({url})") from exc
 
     async def predict(self, model: str, body: bytes, request_id: str) -> UpstreamReply:
-        return await self._call("POST", f"/predictions/{model}", body, {"X-Request-Id": request_id})
+        return await self._call(model, "POST", f"{self.base_url}/predictions/{model}", body,
+                                self._headers({"X-Request-Id": request_id}, self.token))
 
     async def ping(self) -> UpstreamReply:
-        return await self._call("GET", "/ping", timeout_s=2.0)
+        return await self._call("_health", "GET", f"{self.base_url}/ping", headers=self._headers(token=self.token),
+                                timeout_s=2.0)
+
+    async def describe(self, model: str) -> UpstreamReply:
+        """GET <management>/models/<model> (workers and their status); UpstreamUnavailable without a management URL."""
+        if not self.management_url:
+            raise UpstreamUnavailable("no management URL configured")
+        return await self._call("_health", "GET", f"{self.management_url}/models/{model}",
+                                headers=self._headers(token=self.management_token), timeout_s=2.0)
