@@ -47,8 +47,15 @@ from mirec.evaluate import markdown_table  # noqa: E402
 ML_RAW = ROOT.parent / "shared" / "data" / "ml-latest-small"
 DEFAULT_MODELS = ("popularity,itemknn,youtubednn,single,sasrec,mind,comirec_sa,comirec_dr,"
                   "comirec_sa+remi,comirec_dr+remi")
-#: "+remi": routing regularisation + interest-aware hard negatives (REMI), same architecture
-REMI = {"remi_rr_weight": 1.0, "remi_hard_neg_beta": 1.0}
+#: MODEL+VARIANT[+VARIANT]: the same architecture with other training settings
+VARIANTS = {
+    "remi": ({}, {"remi_rr_weight": 1.0, "remi_hard_neg_beta": 1.0}),  # REMI: routing reg. + interest-aware hard negs
+    "sampled": ({"selection": "sampled"}, {}),  # BaM soft selection
+    "max": ({"selection": "max"}, {}),  # every candidate scored by its best interest
+    "hard": ({"selection": "hard"}, {}),
+    "head": ({"interest_head": "mlp"}, {}),
+    "nohead": ({"interest_head": "none"}, {}),
+}
 METRICS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "diversity@50", "ild@50",
            "coverage@50", "gini@50", "interest_cos", "effective_interests", "single_interest_share",
            "routing_entropy_norm", "interest_category_recall", "interest_category_recall_multi", "interest_purity",
@@ -80,8 +87,12 @@ def prepare(spec: str, cache: Path) -> Path:
 
 def run_configs(model: str, config: str, dataset_name: str, args) -> tuple[dict, dict] | None:
     """(model section, train section) of a (model, config) cell; None when a tuned config is missing."""
-    name, _, variant = model.partition("+")
-    m, t = {"name": name}, dict(REMI if variant == "remi" else {})
+    name, *variants = model.split("+")
+    m, t = {"name": name}, {}
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"error: unknown variant {v!r} in {model!r}; known: {', '.join(VARIANTS)}")
+        m, t = {**m, **VARIANTS[v][0]}, {**t, **VARIANTS[v][1]}
     if config == "tuned":
         import yaml
 
@@ -160,6 +171,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    if not datasets:
+        return
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
     for ax, d in zip(axes[0], datasets):
         rs = [r for r in rows if r["dataset"] == d and r["recall@50"] is not None]
@@ -178,7 +191,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", default=None,
                     help="prepared dataset directory, or `synth` / `ml`; repeatable (default: synth and ml)")
-    ap.add_argument("--models", default=DEFAULT_MODELS, help="comma list; MODEL+remi turns the REMI options on")
+    ap.add_argument("--models", default=DEFAULT_MODELS,
+                    help="comma list; MODEL+VARIANT: " + ", ".join(VARIANTS) + " (e.g. comirec_sa+remi, mind+sampled)")
     ap.add_argument("--configs", default="default,tuned", help="comma list of default, tuned")
     ap.add_argument("--tuned", default=str(ROOT / "benchmarks" / "configs" / "tuned"),
                     help="folder of tuned configs: <folder>/<dataset name>/<model>.yaml")
@@ -187,6 +201,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", help="override for every neural cell, e.g. train.epochs=3")
     ap.add_argument("--quick", action="store_true", help="smoke run: synth, 1 run, 1 short epoch")
     ap.add_argument("--fresh", action="store_true", help="ignore the finished runs of an earlier call")
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="run nothing: write the JSON/table/plot from the runs finished so far (cells with no run "
+                         "are left out; `runs` says how many each row has)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mirec_bench_data")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/quality.json, "
                                                           "quality_quick.json with --quick)")
@@ -238,6 +255,8 @@ def main() -> None:
               f"{res['metrics']['recall@50']:.4f}  ({res['wall_s']:.0f}s; {time.perf_counter() - t0:.0f}s total)",
               flush=True)
 
+    if args.summarise_only:
+        jobs = []
     if args.jobs > 1 and len(jobs) > 1:
         with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
             for res in pool.imap_unordered(run_one, jobs):

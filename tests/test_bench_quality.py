@@ -1,0 +1,52 @@
+"""benchmarks/quality.py: any prepared dataset, runs = split seed x init seed, the JSON shape other tools read,
+resume from the runs file, variants."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirec.config import DataConfig, SynthConfig
+from mirec.data import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "tinyset"
+    prepare(DataConfig(name="tinyset", out_dir=str(out),
+                       synth=SynthConfig(n_users=120, n_items=150, n_categories=5, seq_len=(10, 20))), progress=False)
+    return out
+
+
+def _bench(*args):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_quality_benchmark_shape_resume_and_variants(tiny, tmp_path):
+    out = tmp_path / "q.json"
+    args = ["--data", str(tiny), "--models", "popularity,mind,comirec_sa+sampled", "--configs", "default,tuned",
+            "--tuned", str(tmp_path / "none"), "--runs", "2", "--set", "train.epochs=1",
+            "--set", "train.samples_per_epoch=256", "--set", "model.dim=8", "--out", str(out)]
+    r = _bench(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    rows = {(x["dataset"], x["model"], x["config"]): x for x in res["rows"]}
+    assert set(rows) == {("tinyset", m, "default") for m in ("popularity", "mind", "comirec_sa+sampled")}
+    for row in rows.values():  # the shape issue 13 fixes (more keys are fine)
+        for k in ("dataset", "model", "config", "runs", "recall@50", "recall@50_std", "ndcg@50", "hitrate@50",
+                  "diversity@50", "samples_per_s"):
+            assert k in row, k
+        assert row["runs"] == 2 and 0 <= row["recall@50"] <= 1
+    assert rows[("tinyset", "mind", "default")]["samples_per_s"] > 0
+    seeds = {(x["model"], x["run"]): x["split_seed"] for x in res["runs"]}
+    assert seeds[("mind", 0)] != seeds[("mind", 1)]  # each run its own split
+    assert "no tuned config" in r.stdout and out.with_suffix(".md").exists() and out.with_suffix(".png").exists()
+    again = _bench(*args)  # resumes: nothing left to run
+    assert again.returncode == 0 and "0 runs to do (6 already done" in again.stdout
+    bad = _bench("--data", str(tiny), "--models", "mind+nope", "--out", str(tmp_path / "b.json"))
+    assert bad.returncode != 0 and "unknown variant 'nope'" in bad.stderr
