@@ -40,7 +40,10 @@ def train_cmd(
     similarity: Optional[str] = _opt("--similarity", _M + "how interests score items: cos (cosine / temperature) "
                                      "or dot (inner product).", "cos"),
     selection: Optional[str] = _opt("--selection", _M + "target-aware interest selection in training: hard (argmax), "
-                                    "label_aware (MIND attention) or sampled.", "the model's own"),
+                                    "label_aware (MIND attention), sampled (BaM) or max (every candidate scored by "
+                                    "its best interest).", "the model's own"),
+    interest_head: Optional[str] = _opt("--interest-head", _M + "mlp (a shared MLP on every interest) or none.",
+                                        "the model's own: mlp for comirec_sa/single, else none"),
     attn_temperature: Optional[float] = _opt("--attn-temperature", _M + "ComiRec-SA attention temperature; > 1 "
                                              "spreads attention over more items.", "1.0"),
     dropout: Optional[float] = _opt("--dropout", _M + "dropout of SASRec / YoutubeDNN, in [0, 1).", "0.0"),
@@ -97,7 +100,8 @@ def train_cmd(
         if not isinstance(raw, dict) or set(raw) - {"model", "train"}:
             raise ConfigError(f"{config}: expected a mapping with `model:` and/or `train:` sections")
     mcfg = _validate(ModelConfig, raw.get("model") or {}, name=model, K=k, dim=dim, max_len=max_len,
-                     similarity=similarity, selection=selection, attn_temperature=attn_temperature, dropout=dropout)
+                     similarity=similarity, selection=selection, attn_temperature=attn_temperature, dropout=dropout,
+                     interest_head=interest_head)
     check_model_name(mcfg.name)
     tcfg = _validate(TrainConfig, raw.get("train") or {}, epochs=epochs, patience=patience, max_time_s=max_time,
                      max_steps=max_steps, samples_per_epoch=samples_per_epoch, sampling=sampling,
