@@ -78,8 +78,10 @@ def test_squash_formula():
 def test_selection_hard_and_label_aware():
     V = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # [1, K=2, d=2]
     e = torch.tensor([[1.0, 0.2]])  # scores 1.0, 0.4
-    m = _model("comirec_sa")
+    m = _model("comirec_sa", selection="hard")
     torch.testing.assert_close(m.select(V, e), V[:, 0])
+    assert _model("comirec_sa").selection == "max" and _model("mind").selection == "label_aware"  # defaults
+    torch.testing.assert_close(_model("comirec_sa").select(V, e), V[:, 0])  # max: the positive's best interest
     mind = _model("mind", pow_p=1.0)
     a = torch.softmax(torch.tensor([1.0, 0.4]), 0)
     torch.testing.assert_close(mind.select(V, e), (a[:, None] * V[0]).sum(0, keepdim=True))

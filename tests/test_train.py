@@ -61,7 +61,8 @@ def test_hard_negatives_follow_interest_scores():
 
 def _loss_setup(negatives, logq=False, similarity="dot", history_negatives=False, **train):
     torch.manual_seed(0)
-    m = build(ModelConfig(name="comirec_sa", n_items=20, dim=4, K=2, max_len=6, similarity=similarity)).train()
+    m = build(ModelConfig(name="comirec_sa", n_items=20, dim=4, K=2, max_len=6, similarity=similarity,
+                          selection="hard")).train()
     lm = LossModule(m, TrainConfig(negatives=negatives, logq=logq, num_negatives=3, **train), np.arange(1, 21),
                     history_negatives=history_negatives)
     seq, mask = pad_histories([np.array([1, 2, 3]), np.array([4, 5])], 6)
