@@ -39,6 +39,22 @@ def load_yaml_config(cls: type[T], path: str | Path | None, **overrides) -> T:
     return validate_config(cls, data, **overrides)
 
 
+def load_yaml_sections(path: str | Path, sections: tuple[str, ...]) -> dict:
+    """A YAML file holding a mapping of some of `sections` (e.g. `model:` / `train:` for `mirec train --config`,
+    `mirec tune --config`) -> that mapping; a missing file, bad YAML or another top-level key is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict) or set(raw) - set(sections):
+        raise ConfigError(f"{path}: expected a mapping with " + " and/or ".join(f"`{x}:`" for x in sections)
+                          + " sections")
+    return raw
+
+
 def validate_config(cls: type[T], data: dict, **overrides) -> T:
     """`cls.model_validate(data | overrides)`; a bad value becomes a one-line ConfigError naming the field
     (the CLI prints it and exits 2) instead of a pydantic traceback. None overrides are ignored."""

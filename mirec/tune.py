@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from mirec.config import StrictModel, validate_config
+from mirec.config import StrictModel, load_yaml_sections, validate_config
 from mirec.errors import ConfigError, MirecError
 
 BEST_CONFIG, STUDY_JSON, STUDY_PLOT, STUDY_DB, TRIALS_DIR = "best_config.yaml", "study.json", "study.png", "study.db", "trials"
@@ -540,17 +540,7 @@ def load_base_config(path: str | Path | None, model: str | None = None):
     from mirec.models import ModelConfig
     from mirec.train import TrainConfig
 
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(raw, dict) or set(raw) - {"model", "train"}:
-            raise ConfigError(f"{path}: expected a mapping with `model:` and/or `train:` sections")
+    raw = load_yaml_sections(path, ("model", "train")) if path is not None else {}
     return (validate_config(ModelConfig, raw.get("model") or {}, name=model),
             validate_config(TrainConfig, raw.get("train") or {}))
 

@@ -84,21 +84,12 @@ def train_cmd(
     """Train a multi-interest model; the best weights (validation Recall@50) go to OUT/model.pt.
 
     Runs unchanged under `torchrun --nproc_per_node N -m mirec.train ...` (DistributedDataParallel)."""
-    import yaml
-
+    from mirec.config import load_yaml_sections
     from mirec.models import ModelConfig
     from mirec.train import TrainConfig, train
 
-    raw: dict = {}
-    if config is not None:
-        if not config.is_file():
-            raise ConfigError(f"config file not found: {config}")
-        try:
-            raw = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {config} is not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(raw, dict) or set(raw) - {"model", "train"}:
-            raise ConfigError(f"{config}: expected a mapping with `model:` and/or `train:` sections")
+
+    raw = load_yaml_sections(config, ("model", "train")) if config is not None else {}
     mcfg = _validate(ModelConfig, raw.get("model") or {}, name=model, K=k, dim=dim, max_len=max_len,
                      similarity=similarity, selection=selection, attn_temperature=attn_temperature, dropout=dropout,
                      interest_head=interest_head)
