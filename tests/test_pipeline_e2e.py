@@ -97,7 +97,7 @@ def test_every_artifact_exists_and_gate_rejects_bad_candidate(runs):
     assert (Path(ref["path"]) / "mirec_a" / "served.jsonl").is_file()
     from mirec.monitoring.reference import load_reference
 
-    assert load_reference(Path(ref["path"]) / "mirec_a").records[0]["model"] == "mirec_a"
+    assert load_reference(Path(ref["path"]) / "mirec_a").models == ["mirec_a"]
     # deploy: Helm values with only the passing arm
     dep = s["deploy"][0]
     values = yaml.safe_load((Path(dep["path"]) / "values-release.yaml").read_text())

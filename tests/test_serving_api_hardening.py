@@ -110,6 +110,7 @@ def test_bad_input_corpus_through_the_api(services, tmp_path):
     app = create_app(_settings(tmp_path), upstream=InProcessTorchServe(services))
     statuses: dict[int, int] = {}
     with TestClient(app) as c:
+        before = c.get("/metrics").text  # the counter is process-wide: compare what this test adds
         for case in CORPUS.CASES:
             r = c.post("/recommend", content=case.body, headers={"Content-Type": case.content_type, **case.headers})
             assert r.status_code == case.api, (case.name, r.status_code, r.text[:300])
@@ -125,7 +126,8 @@ def test_bad_input_corpus_through_the_api(services, tmp_path):
         m = c.get("/metrics").text
     assert not [s for s in statuses if s >= 500]
     for status, n in statuses.items():
-        got = sum(_metric(m, "mirec_api_requests_total", arm=a, status=status) for a in ("A", "B", "none"))
+        got = sum(_metric(m, "mirec_api_requests_total", arm=a, status=status)
+                  - _metric(before, "mirec_api_requests_total", arm=a, status=status) for a in ("A", "B", "none"))
         assert got == n, (status, got, n)
     lines = (tmp_path / "served.jsonl").read_bytes().decode("utf-8").splitlines()  # valid UTF-8 throughout
     assert len(lines) == statuses[200]
