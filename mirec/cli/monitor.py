@@ -45,7 +45,6 @@ def monitor(
 
     Exit code: 0 healthy, 1 an alert fired, 2 bad input or a check could not run, 3 insufficient data."""
     from mirec.monitoring import run_monitor
-    from mirec.monitoring.run import EXIT_ERROR
 
     res = run_monitor(reference, log, since=since, until=until, out=out, thresholds=thresholds,
                       webhook_url=webhook_url, alertmanager_url=alertmanager_url, prom_file=prom_file,
@@ -93,7 +92,7 @@ def monitor(
     verdict = {0: "healthy", 1: "ALERT " + ",".join(res.firing), 2: "ERROR (a check could not run)",
                3: "INSUFFICIENT DATA (not tested)"}[res.exit_code]
     typer.echo(f"window {res.window['start']} .. {res.window['end']}: {verdict}; outputs in {res.out_dir}")
-    raise typer.Exit(code=res.exit_code if res.exit_code != EXIT_ERROR else EXIT_ERROR)
+    raise typer.Exit(code=res.exit_code)
 
 
 def _f(x) -> str:

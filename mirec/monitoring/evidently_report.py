@@ -201,6 +201,23 @@ class MirecMeasureCalculation(SingleValueCalculation[MirecMeasure]):
 
 
 # ---------------------------------------------------------------------------------------------- noise
+_CACHE: dict = {}
+
+
+def _cached(ref: M.Frame, key: tuple, fn):
+    """Memoise a reference-only computation for this very reference frame (windows of one run, tests, benchmarks)."""
+    import weakref
+
+    full = (id(ref), ref.n_answers) + key
+    hit = _CACHE.get(full)
+    if hit is None or hit[0]() is not ref:  # ids of dead frames get reused
+        if len(_CACHE) > 4096:
+            _CACHE.clear()
+        hit = (weakref.ref(ref), fn())
+        _CACHE[full] = hit
+    return hit[1]
+
+
 def noise_band(ref_values: np.ndarray, n_cur: int, sigmas: float) -> float:
     """sigmas x standard error of (window mean - reference mean) under "same distribution" (CLT)."""
     v = ref_values[~np.isnan(ref_values)]
@@ -211,6 +228,11 @@ def noise_band(ref_values: np.ndarray, n_cur: int, sigmas: float) -> float:
 
 def window_noise(ref: M.Frame, measure: str, m: int, draws: int, sigmas: float, seed: int = 0) -> tuple[float, float]:
     """-> (reference value at m answers, sigmas x std of the difference between two disjoint m-answer subsets)."""
+    return _cached(ref, ("window_noise", measure, m, draws, sigmas, seed),
+                   lambda: _window_noise(ref, measure, m, draws, sigmas, seed))
+
+
+def _window_noise(ref: M.Frame, measure: str, m: int, draws: int, sigmas: float, seed: int) -> tuple[float, float]:
     N = ref.n_answers
     size = ref.catalogue_size
     rng = np.random.default_rng(seed)
@@ -238,6 +260,12 @@ def null_drift_limit(ref: M.Frame, ref_col: pd.Series, level: str, method: str, 
     0 for p-value methods (they already account for size)."""
     if method in P_VALUE_METHODS or draws <= 1 or n <= 0:
         return 0.0
+    return _cached(ref, ("null", str(ref_col.name), level, method, n, draws, sigmas, seed),
+                   lambda: _null_drift_limit(ref, ref_col, level, method, n, draws, sigmas, seed))
+
+
+def _null_drift_limit(ref: M.Frame, ref_col: pd.Series, level: str, method: str, n: int, draws: int, sigmas: float,
+                      seed: int) -> float:
     from evidently.legacy.calculations.stattests.registry import get_stattest
     from evidently.legacy.core import ColumnType
 
@@ -363,7 +391,7 @@ def plan_report(cur: M.Frame, ref: M.Frame, th: Thresholds, *, seed: int = 0, cu
     drift_spec("diversity_drift", "ild_drift", "ild", "answers", "wasserstein", d.ild_drift_threshold, "ILD drift",
                alert=d.ild_sides, dir_column="ild", ref_col=af_ref["ild"])
     k_list = int(max(1, cur_items.item_rank.max() if len(cur_items.item_rank) else 1))
-    pers_ref = personalization(if_ref, k_list)
+    pers_ref = _cached(ref, ("personalization", k_list), lambda: personalization(if_ref, k_list))
     specs.append(Spec("diversity_drift", "personalization", "Personalization (Evidently)", "personalization", "items",
                       "lower", lo=pers_ref * d.min_personalization_ratio, reference=pers_ref,
                       info={"metric": "evidently Personalization (built-in)", "k": k_list}))

@@ -31,7 +31,7 @@ from mirec.errors import DataError
 from mirec.monitoring import measures as M
 from mirec.monitoring import sinks
 from mirec.monitoring.config import CHECKS, SEVERITY, Thresholds, load_thresholds
-from mirec.monitoring.logs import LogData, parse_duration, read_window, window_bounds, window_name
+from mirec.monitoring.logs import LogData, read_window, window_bounds, window_name
 from mirec.monitoring.reference import Reference, check_serving, load_reference, read_served_meta
 
 EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_INSUFFICIENT = 0, 1, 2, 3
@@ -108,8 +108,10 @@ def check_settings(ref: Reference, data: LogData, served_meta: str | Path | None
         if served_meta is not None:
             meta = read_served_meta(served_meta, model)
             if meta.get("name") not in (None, model):
-                meta = read_served_meta(served_meta, model) if Path(served_meta).is_dir() else meta
-            diffs += check_serving(ref.serving_of(model), meta, model)
+                diffs.append(f"--served-meta {served_meta} describes model {meta.get('name')!r}, not {model!r} "
+                             "(give a model store holding <model>.mar for several models)")
+            else:
+                diffs += check_serving(ref.serving_of(model), meta, model)
         out[model] = {"reference_versions": rv, "window_versions": wv, "differences": diffs,
                       "served_meta": str(served_meta) if served_meta else None}
         if diffs:
@@ -294,9 +296,9 @@ def write_trend(state_dir: Path, path: Path, last: int = 48) -> Path | None:
             f = lambda v: [np.nan if y is None else y for y in v]  # noqa: E731
             ax.plot(x, f(val), "o-", color=color, ms=3, lw=1.2, label=g)
             if any(v is not None for v in hi):
-                ax.plot(x, f(hi), "--", color=color, lw=0.9, alpha=0.7)
+                ax.plot(x, f(hi), "--", color=color, lw=0.9, alpha=0.7, marker="v", ms=3)
             if any(v is not None for v in lo):
-                ax.plot(x, f(lo), ":", color=color, lw=0.9, alpha=0.7)
+                ax.plot(x, f(lo), ":", color=color, lw=0.9, alpha=0.7, marker="^", ms=3)
             bad = [i for i, r in enumerate(rows) if val[i] is not None and (
                 (hi[i] is not None and val[i] > hi[i]) or (lo[i] is not None and val[i] < lo[i]))]
             ax.plot(bad, [val[i] for i in bad], "x", color="red", ms=7)
@@ -307,7 +309,8 @@ def write_trend(state_dir: Path, path: Path, last: int = 48) -> Path | None:
     for ax in list(axes.flat)[len(measures):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("mirec monitor: value (solid), upper limit (dashed), lower limit (dotted), outside a limit (x)", fontsize=10)
+    fig.suptitle("mirec monitor: value (solid), upper limit (dashed, v), lower limit (dotted, ^), outside a limit (x)",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
