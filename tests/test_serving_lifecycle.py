@@ -10,6 +10,7 @@ Tests without Java use stand-in processes; those marked with Java start TorchSer
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -223,8 +224,9 @@ def test_pid_file_orphan_is_stopped_live_owner_refused(tmp_path):
 # ---- fail fast when a model does not load (Java) ----------------------------------------------------------------------
 @java
 def test_fail_fast_naming_the_mar_when_torchserve_cannot_read_it(pkg, tmp_path):
-    """A corrupt MAR with no checksum to catch it: TorchServe registers no model from it; the start fails at once
-    (not after the timeout), naming the model and the MAR."""
+    """A corrupt MAR with no checksum to catch it: the start fails at once (not after the timeout), naming the model
+    and the MAR. Where the cut falls decides how TorchServe fails: no model registered ("Unexpected end of ZLIB input
+    stream") or a model whose worker dies loading it (its handler module is in the missing half)."""
     store = tmp_path / "store"
     shutil.copytree(pkg["store"], store)
     data = (store / "mirec_b.mar").read_bytes()
@@ -234,7 +236,8 @@ def test_fail_fast_naming_the_mar_when_torchserve_cannot_read_it(pkg, tmp_path):
     with pytest.raises(MirecError) as exc:
         ts.start(timeout_s=280)
     msg = str(exc.value)
-    assert "did not load model mirec_b" in msg and "mirec_b.mar" in msg and "not ready after" not in msg, msg
+    assert re.search(r"(did not|failed to) load model mirec_b", msg) and "mirec_b.mar" in msg, msg
+    assert "not ready after" not in msg, msg
     assert ts.proc is None and not _group_alive(ts)
 
 
@@ -246,6 +249,29 @@ def test_fail_fast_naming_the_mar_when_a_worker_cannot_load_it(pkg, tmp_path):
     msg = str(exc.value)
     assert "failed to load model mirec_bad" in msg and "mirec_bad.mar" in msg and "weights missing" in msg, msg
     assert "not ready after" not in msg and "\n" not in msg
+
+
+@java
+def test_fail_fast_when_the_mar_lacks_its_handler(pkg, tmp_path):
+    """A MAR whose handler file is missing: TorchServe registers the model, its worker dies importing the handler
+    (before the handler could log anything); the start fails at once with the worker's exception."""
+    import zipfile
+
+    store = tmp_path / "store"
+    store.mkdir()
+    src = pkg["store"] / "mirec_b.mar"
+    with zipfile.ZipFile(src) as zin:
+        handler = json.loads(zin.read("MAR-INF/MANIFEST.json"))["model"]["handler"]
+        with zipfile.ZipFile(store / "mirec_b.mar", "w") as zout:
+            for info in zin.infolist():
+                if info.filename != handler:
+                    zout.writestr(info, zin.read(info))
+    ts = TorchServeProcess(store, [ModelServing(name="mirec_b", mar="mirec_b.mar")], tmp_path / "ts")
+    with pytest.raises(MirecError) as exc:
+        ts.start(timeout_s=280)
+    msg = str(exc.value)
+    assert "failed to load model mirec_b" in msg and "mirec_b.mar" in msg and "ModuleNotFoundError" in msg, msg
+    assert "not ready after" not in msg and ts.proc is None and not _group_alive(ts)
 
 
 def _group_alive(ts) -> bool:

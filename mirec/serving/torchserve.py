@@ -170,6 +170,10 @@ def _torchserve_bin() -> str:
 
 
 _LOAD_FAILED = re.compile(r"Failed to load model (\S+?),? exception.*$")
+# the frontend's line when a worker died while loading (e.g. the handler module is missing from a truncated MAR):
+# the handler never got to say "Failed to load model", so the worker's last exception line is the reason
+_WORKER_DIED_LOADING = re.compile(r"Load model failed: (\S+?), error: (.*)$")
+_WORKER_EXCEPTION = re.compile(r"MODEL_LOG - (\w+(?:Error|Exception): .*)$")
 
 
 def _pythonpath(env: dict[str, str]) -> str:
@@ -383,16 +387,24 @@ class TorchServeProcess:
                 raise MirecError(f"port {port} is answered by {port_holder(port) or f'pid {pid}'}, not by the "
                                  f"TorchServe this process started (pid {self.proc.pid}); is another TorchServe running?")
 
-    def _load_failures(self) -> str | None:
-        """'Failed to load model X ...' from the workers' log, for one of our models (else None)."""
-        p = self.log_dir / "model_log.log"
-        if not p.exists():
-            return None
+    def _load_failures(self) -> tuple[str, str] | None:
+        """(model, reason) when a worker could not load one of our models (else None): the handler's
+        'Failed to load model X ...' in model_log, or the frontend's 'Load model failed: X, error: Worker died.'
+        in ts_log with the worker's last exception line (a MAR missing its handler never reaches the handler)."""
         names = {m.name for m in self.models}
-        for line in p.read_text(errors="replace").splitlines():
+        model_log = self.log_dir / "model_log.log"
+        lines = model_log.read_text(errors="replace").splitlines() if model_log.exists() else []
+        for line in lines:
             m = _LOAD_FAILED.search(line)
             if m and m.group(1) in names:
-                return m.group(0)
+                return m.group(1), m.group(0).strip()
+        ts_log = self.log_dir / "ts_log.log"
+        for line in ts_log.read_text(errors="replace").splitlines() if ts_log.exists() else ():
+            m = _WORKER_DIED_LOADING.search(line)
+            if m and m.group(1) in names:
+                exceptions = [e.group(1).strip() for ln in lines if f"-{m.group(1)}_" in ln
+                              and (e := _WORKER_EXCEPTION.search(ln))]
+                return m.group(1), (exceptions[-1] if exceptions else m.group(0).strip())
         return None
 
     def _mar(self, name: str) -> str:
@@ -411,8 +423,8 @@ class TorchServeProcess:
             self._track()
             failed = self._load_failures()
             if failed:
-                name = _LOAD_FAILED.search(failed).group(1)
-                raise MirecError(f"TorchServe failed to load model {name} (MAR {self._mar(name)}): {failed.strip()} "
+                name, reason = failed
+                raise MirecError(f"TorchServe failed to load model {name} (MAR {self._mar(name)}): {reason} "
                                  f"(logs: {self.log_dir})")
             try:
                 ok = True
