@@ -126,3 +126,28 @@ def routing_entropy(aux: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     norm = np.where(n > 1, h / np.log(np.maximum(n, 2))[:, None], np.nan)
     ok = n > 1
     return float(h[ok].mean()) if ok.any() else float("nan"), float(np.nanmean(norm[ok])) if ok.any() else float("nan")
+
+
+# ---- history popularity (input drift: "histories filled with popular items"; see mirec.monitoring.popularity) ----
+HEAD_FRACTION = 0.1
+
+
+def head_mask(popularity: np.ndarray, fraction: float = HEAD_FRACTION) -> np.ndarray:
+    """[N] bool: the top `fraction` of items by popularity (at least one item)."""
+    pop = np.asarray(popularity, np.float64)
+    k = max(1, int(round(fraction * len(pop))))
+    order = np.lexsort((np.arange(len(pop)), -pop))  # most popular first, ties by item_idx
+    mask = np.zeros(len(pop), bool)
+    mask[order[:k]] = True
+    return mask
+
+
+def history_popularity(history_idx: np.ndarray, popularity: np.ndarray, head: np.ndarray | None = None
+                       ) -> dict[str, float] | None:
+    """Known history item_idx -> {"head_share", "mean_log_pop"}; None for an empty history."""
+    h = np.asarray(history_idx, np.int64)
+    if h.size == 0:
+        return None
+    pop = np.asarray(popularity, np.float64)
+    head = head_mask(pop) if head is None else head
+    return {"head_share": round(float(head[h].mean()), 6), "mean_log_pop": round(float(np.log1p(pop[h]).mean()), 6)}

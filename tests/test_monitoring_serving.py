@@ -70,3 +70,54 @@ def test_collapsed_arm_flagged_through_the_serving_api(tmp_path):
     assert not by["A"]["checks"]["interest_collapse"]["firing"]
     assert by["B"]["values"]["mean_pairwise_cos"] > 0.99 and by["B"]["values"]["dead_interests"] == 3
     assert res.exit_code == 1
+
+
+@pytest.mark.slow
+def test_popular_histories_flagged_through_the_serving_api(tmp_path):
+    """The handler writes `history_popularity` into every served line, so the monitor's "more popular histories"
+    input-drift test runs on production logs (not only on simulated ones): histories whose items are 60%
+    replaced by the catalogue's head fire `input_drift`; the same traffic without the replacement does not."""
+    from mirec.data.schema import IdMap
+    from mirec.metrics import head_mask
+    from mirec.monitoring import Thresholds, build_reference, run_monitor
+    from mirec.monitoring.logs import read_jsonl
+    from mirec.retrieval.recommender import Recommender
+    from mirec.serving.api import create_app
+    from mirec.serving.service import RecommendService
+    from mirec.serving.settings import ApiSettings, Arm, Experiment
+    from mirec.serving.testing import N_ITEMS, items_frame, tiny_model
+
+    items = items_frame()
+    model, _ = tiny_model()
+    rec = Recommender(model, items=items, item_popularity=items["popularity"].to_numpy())
+    svc = RecommendService(rec, IdMap(items["item_id"].to_numpy()), items["category"].to_numpy(), "mirec_a", "1.0")
+    head = np.flatnonzero(head_mask(items["popularity"].to_numpy()))
+
+    def traffic(log, users, seed, popular_share):
+        from fastapi.testclient import TestClient
+
+        settings = ApiSettings(torchserve_url="http://ts", log_path=str(log),
+                               experiment=Experiment(salt="pop", arms=[Arm(name="A", model="mirec_a")]))
+        rng = np.random.default_rng(seed)
+        with TestClient(create_app(settings, upstream=InProcessTorchServe({"mirec_a": svc}))) as c:
+            for u in range(users):
+                hist = rng.integers(0, N_ITEMS, size=int(rng.integers(5, 20)))
+                swap = rng.random(len(hist)) < popular_share
+                hist[swap] = rng.choice(head, size=int(swap.sum()))
+                r = c.post("/recommend", json={"user_id": f"s{seed}-u{u}", "history": [f"item-{i}" for i in hist],
+                                               "n": 10})
+                assert r.status_code == 200, r.text
+
+    traffic(tmp_path / "ref.jsonl", 300, seed=1, popular_share=0.0)
+    lines = read_jsonl(tmp_path / "ref.jsonl")
+    assert all(set(x["history_popularity"]) == {"head_share", "mean_log_pop"} for x in lines)
+    build_reference(lines, tmp_path / "ref", items[["item_idx", "item_id", "category"]])
+    th = Thresholds(min_requests=50, interest_collapse={"max_mean_pairwise_cos": 1.0})
+    for name, share, fires in (("healthy", 0.0, False), ("popular", 0.6, True)):
+        traffic(tmp_path / name / "served.jsonl", 200, seed=2, popular_share=share)
+        res = run_monitor(tmp_path / "ref", tmp_path / name / "*.jsonl", since="1h", out=tmp_path / f"out-{name}",
+                          thresholds=th, html=False)
+        drift = res.groups[0]["checks"]["input_drift"]
+        popularity_tests = [t for t in drift["tests"] if t["measure"].startswith(("head_share", "mean_log_pop"))]
+        assert popularity_tests and "history_popularity" not in str(drift.get("skipped", "")), drift
+        assert any(t["firing"] for t in popularity_tests) is fires, (name, popularity_tests)

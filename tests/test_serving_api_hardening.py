@@ -267,6 +267,77 @@ def test_log_rotation_by_size_and_age_with_retention(tmp_path):
     assert not list(tmp_path.glob("plain.jsonl.*")) and len(read_served_log(tmp_path / "plain.jsonl")) == 50
 
 
+def test_hourly_log_layout_files_each_line_by_its_hour(tmp_path):
+    """The default layout: one rotated file per UTC hour, named by it, so the monitor opens only its window's
+    files; a line made just before the hour turned but written after the rotation goes to its own hour's file;
+    a size split keeps the hour in the name; files past retention are deleted; a restart continues a file of
+    the current hour and sets aside (under a name without an hour) one that spans several."""
+    import os
+    from datetime import datetime, timedelta, timezone
+
+    from mirec.monitoring.logs import file_hour, files_for_window
+    from mirec.serving.logwriter import utc_hour
+
+    now = utc_hour(datetime.now(timezone.utc))
+    h = [now - timedelta(hours=k) for k in (3, 2, 1)]
+
+    def rec(i, hour, minute=30):
+        return ServedLog(request_id=f"r{i}", user_id="u", model="m", version="1", n=5,
+                         ts=hour + timedelta(minutes=minute))
+
+    path = tmp_path / "served.jsonl"
+    w = ServedLogWriter(path, hourly=True, retention_hours=48)
+    for i in range(3):
+        w.write(rec(i, h[0]))
+    w.write(rec(3, h[1]))
+    w.write(rec(4, h[0], minute=59))  # late: belongs to the hour already rotated
+    w.write(rec(5, h[1]))
+    w.write(rec(6, h[2]))
+    name = lambda hour: tmp_path / f"served.jsonl.{hour:%Y-%m-%dT%H}"  # noqa: E731
+    assert [r.request_id for r in read_served_log(name(h[0]))] == ["r0", "r1", "r2", "r4"]
+    assert [r.request_id for r in read_served_log(name(h[1]))] == ["r3", "r5"]
+    assert [r.request_id for r in read_served_log(path)] == ["r6"]
+    assert file_hour(name(h[0])) == h[0] and file_hour(path) is None
+    keep, skip = files_for_window([name(h[0]), name(h[1]), path], h[1], h[2])
+    assert keep == [name(h[1]), path] and skip == [name(h[0])]
+    w.close()
+
+    # size split within an hour: every part still names its hour
+    one = len(rec(0, now).model_dump_json()) + 1
+    w = ServedLogWriter(tmp_path / "big.jsonl", max_bytes=3 * one + 5, hourly=True)
+    for i in range(10):
+        w.write(rec(i, h[0]))
+    w.write(rec(10, h[1]))
+    w.close()
+    parts = sorted(tmp_path.glob("big.jsonl.*"))
+    assert len(parts) == 4 and all(file_hour(p) == h[0] for p in parts)
+    assert sorted(r.request_id for p in parts for r in read_served_log(p)) == sorted(f"r{i}" for i in range(10))
+
+    # retention: an hourly file older than retention_hours is deleted at the next rotation
+    old = tmp_path / f"served.jsonl.{now - timedelta(hours=100):%Y-%m-%dT%H}"
+    old.write_text(rec(0, now - timedelta(hours=100)).model_dump_json() + "\n")
+    w = ServedLogWriter(path, hourly=True, retention_hours=48)  # restart: served.jsonl holds hour h[2], not now
+    w.write(rec(7, now))
+    w.close()
+    assert not old.exists() and name(h[0]).exists()
+    assert [r.request_id for r in read_served_log(name(h[2]))] == ["r6"]  # rotated under its hour
+
+    # restart on a file of the current hour: carried on; on a file of several hours: set aside without an hour
+    assert [r.request_id for r in read_served_log(path)] == ["r7"]
+    w = ServedLogWriter(path, hourly=True)
+    w.write(rec(8, now))
+    w.close()
+    assert [r.request_id for r in read_served_log(path)] == ["r7", "r8"]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(rec(0, h[0]).model_dump_json() + "\n" + rec(1, now).model_dump_json() + "\n")
+    w = ServedLogWriter(mixed, hourly=True)
+    w.write(rec(2, now))
+    w.close()
+    aside = list(tmp_path.glob("mixed.jsonl.*"))
+    assert len(aside) == 1 and file_hour(aside[0]) is None and len(read_served_log(aside[0])) == 2
+    assert os.path.getsize(mixed) > 0 and [r.request_id for r in read_served_log(mixed)] == ["r2"]
+
+
 def test_log_rotation_from_the_api_settings(services, tmp_path):
     from mirec.serving.api import create_app
 

@@ -236,6 +236,7 @@ def served_log_records(svc, requests: list, *, arm: str | None = None, ts: datet
     from mirec.monitoring.popularity import head_mask, history_popularity
 
     pop = svc.recommender.item_popularity
+    custom_head = head
     head = head_mask(pop) if head is None else head
     now = datetime.now(timezone.utc)
     out = []
@@ -249,7 +250,8 @@ def served_log_records(svc, requests: list, *, arm: str | None = None, ts: datet
                         unknown_items=a.unknown_items, history_source=a.history_source, fallback=a.fallback,
                         feast_fallback=a.feast_fallback, items=a.items, interest_stats=a.interest_stats,
                         history_categories=a.history_categories, latency_ms=0.0, ts=t,
-                        history_popularity=history_popularity(known, pop, head))
+                        history_popularity=a.history_popularity if custom_head is None
+                        else history_popularity(known, pop, head))
         out.append(rec.model_dump(mode="json"))
     return out
 

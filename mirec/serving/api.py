@@ -394,7 +394,7 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
                 n=req.n, diversity=req.diversity, history_len=out.history_len, unknown_items=out.unknown_items,
                 history_source=source, fallback=out.fallback, feast_fallback=feast_fallback, items=out.items,
                 interest_stats=out.interest_stats, history_categories=out.history_categories,
-                latency_ms=round(latency_ms, 3))):
+                history_popularity=out.history_popularity, latency_ms=round(latency_ms, 3))):
             metrics.log_errors.inc()
         metrics.requests.labels(arm.name, "200").inc()
         metrics.latency.labels(arm.name).observe(latency_ms / 1000.0)

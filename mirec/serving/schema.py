@@ -93,6 +93,7 @@ class HandlerAnswer(BaseModel):
     interest_stats: InterestStats = Field(default_factory=InterestStats)
     history_categories: dict[str, int] = Field(default_factory=dict)
     feast_fallback: bool = False
+    history_popularity: dict[str, float] | None = None
 
 
 class ServedLog(BaseModel):

@@ -28,6 +28,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from mirec.data.schema import IdMap
+from mirec.metrics import head_mask, history_popularity
 from mirec.serving.schema import MAX_HISTORY, MAX_N, RecommendRequest
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ class Answer:
     interest_stats: dict
     history_categories: dict[str, int] = field(default_factory=dict)
     feast_fallback: bool = False
+    #: {"head_share", "mean_log_pop"} of the known history (mirec.monitoring.popularity), for the input-drift check
+    history_popularity: dict[str, float] | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -153,6 +156,11 @@ class RecommendService:
         self.version = version
         self.meta = meta or {}
         self.history_client = history_client
+        # the monitor's "more popular histories" check compares this with the reference, which measures the
+        # same items.parquet popularity with the same function
+        pop = getattr(recommender, "item_popularity", None)
+        self.item_popularity = None if pop is None else np.asarray(pop, np.float64)
+        self.head_items = None if pop is None else head_mask(self.item_popularity)
 
     # ---- loading a packaged model directory (the unpacked MAR) ---------------------------------
     @classmethod
@@ -236,7 +244,9 @@ class RecommendService:
         cats = Counter(str(self.categories[i]) for i in h)
         return Answer(items=items, model=self.model_name, version=self.version, fallback=fallback,
                       unknown_items=unknown, history_source=source, history_len=int(len(h)),
-                      interest_stats=stats, history_categories=dict(cats), feast_fallback=feast_fallback)
+                      interest_stats=stats, history_categories=dict(cats), feast_fallback=feast_fallback,
+                      history_popularity=None if self.item_popularity is None
+                      else history_popularity(h, self.item_popularity, self.head_items))
 
     def handle_batch(self, bodies: list[Any]) -> list[tuple[int, dict]]:
         """One (status, JSON body) per request, in order, whatever the requests hold.

@@ -5,7 +5,7 @@
     torchserve_token_file: null                # TorchServe key_file.json (token auth on in prod)
     experiment: {salt: "exp-1", arms: [{name: A, model: mirec_a, weight: 0.5}, {name: B, model: mirec_b, weight: 0.5}]}
     log_path: logs/served.jsonl
-    log_rotation: {max_bytes: 104857600, every_s: 86400, backup_count: 14}
+    log_rotation: {hourly: true, max_bytes: 104857600, retention_hours: 336}
     feast: {repo_path: null, timeout_ms: 50}
     timeout_ms: 1000                           # the API's deadline for one TorchServe call
     limits: {max_body_bytes: 1048576, max_request_id_len: 128, max_in_flight: 64, retry_after_s: 1}
@@ -33,13 +33,19 @@ class FeastSettings(StrictModel):
 
 
 class LogRotation(StrictModel):
-    """Served-log rotation (`mirec.serving.logwriter`): a new file when the current one would pass `max_bytes`
-    or is `every_s` old; the rotated files are `<log_path>.<UTC time>` and the newest `backup_count` are kept.
-    0 turns a trigger off (max_bytes 0 and every_s 0: never rotated)."""
+    """Served-log layout and rotation (`mirec.serving.logwriter`). `hourly` (default): one file per UTC hour,
+    `<log_path>.<YYYY-MM-DDTHH>` (the monitor reads only its window's files), split above `max_bytes`, rotated
+    files older than `retention_hours` deleted. `hourly: false`: a new file when the current one would pass
+    `max_bytes` or is `every_s` old, named `<log_path>.<UTC time of rotation>`. `backup_count` > 0 keeps only
+    that many rotated files. 0 turns a trigger off."""
 
+    hourly: bool = True
     max_bytes: int = Field(100 * 1024 * 1024, ge=0)
+    #: single layout only (hourly rotates at each hour)
     every_s: int = Field(86400, ge=0)
-    backup_count: int = Field(14, ge=0)
+    backup_count: int = Field(0, ge=0)
+    #: hourly layout: 14 days of hourly files
+    retention_hours: int = Field(336, ge=0)
 
 
 class Limits(StrictModel):
