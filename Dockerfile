@@ -40,10 +40,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # 1) torch from its own index (CPU wheel by default, ~200 MB instead of ~3 GB of CUDA libraries),
-# 2) the rest of the locked dependencies (torch already satisfied; torchserve 0.12.0 among them), 3) the project.
+# 2) the rest of the locked dependencies (torch already satisfied; torchserve 0.12.0 among them) without the
+#    development and test tools (DEV_ONLY: pytest, mypy, the S3 test server moto, kubernetes-validate and what only
+#    they need; tests/test_chart.py checks the list against the lock), 3) the project.
+ARG DEV_ONLY="pytest pytest-timeout iniconfig pluggy mypy librt pathspec moto responses cfn-lint kubernetes-validate"
 COPY requirements.lock pyproject.toml README.md ./
 RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" "torch==${TORCH_VERSION}" \
-    && grep -v '^torch==' requirements.lock > /tmp/requirements.txt \
+    && pattern="^(torch$(printf '|%s' ${DEV_ONLY}))==" \
+    && grep -viE "$pattern" requirements.lock > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && if [ "${TORCH_VARIANT}" != "cpu" ]; then pip uninstall -y faiss-cpu && pip install faiss-gpu-cu12; fi
 

@@ -1,4 +1,5 @@
-"""Release components: package the gated candidates as MARs -> monitoring reference -> deploy."""
+"""Release components: package the gated candidates as MARs -> monitoring reference -> deploy (publish the
+release to the release store, mirec.release)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -37,11 +38,14 @@ def build_monitoring_reference_op(evaluation_a: Input[Dataset], evaluation_b: In
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def deploy_op(package: Input[Model], experiment_split: float, deploy_mode: str, torchserve_management_url: str,
-              mar_base_url: str, release: Output[Artifact]):
-    """Helm values for the new versions (+ TorchServe management API registration in mode 'torchserve')."""
+def deploy_op(package: Input[Model], reference: Input[Dataset], experiment_split: float, deploy_mode: str,
+              torchserve_management_url: str, mar_base_url: str, release_store: str, release_name: str,
+              release: Output[Artifact]):
+    """Publish the release (MARs + sha256, package.json, monitoring reference, values) to release_store and
+    write values-release.yaml (+ TorchServe management API registration in mode 'torchserve')."""
     from mirec import steps
 
     info = steps.deploy(package.path, release.path, experiment_split=experiment_split, mode=deploy_mode,
-                        torchserve_management_url=torchserve_management_url, mar_base_url=mar_base_url)
+                        torchserve_management_url=torchserve_management_url, mar_base_url=mar_base_url,
+                        reference_dir=reference.path, release_store=release_store, release_name=release_name)
     release.metadata.update(steps.artifact_metadata(info))

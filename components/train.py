@@ -8,13 +8,16 @@ from components.image import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def train_candidate_op(training_data: Input[Dataset], name: str, model_config: dict, train_config: dict,
-                       k_interests: int, epochs: int, distributed: dict, model: Output[Model]):
-    """Train one candidate (in the task's pod, or as a PyTorchJob when distributed.enabled)."""
+                       k_interests: int, epochs: int, distributed: dict, train_mode: str, job_image: str,
+                       shared_pvc: str, model: Output[Model]):
+    """Train one candidate in the task's pod (train_mode cpu/gpu), or as a Kubeflow TrainJob / PyTorchJob running
+    job_image with the shared_pvc volume (train_mode distributed)."""
     from mirec import steps
 
     info = steps.train_candidate(training_data.path, model.path, name=name, model_config=model_config,
                                  train_config=train_config, k_interests=k_interests, epochs=epochs,
-                                 distributed=distributed)
+                                 distributed=distributed, train_mode=train_mode, job_image=job_image,
+                                 shared_pvc=shared_pvc)
     model.metadata.update(steps.artifact_metadata(info))
 
 

@@ -76,7 +76,7 @@ def evaluate(model, dataset, split: str = "test", aggregator: str = "merge", n_v
     """Evaluate a checkpoint dir, a loaded model or a fitted baseline on `split` of `dataset`.
     -> {"model", "split", "n_users", "metrics": {...}, "served": [per-user dicts at max(n_values)]}.
     With out_dir: writes metrics.json, metrics.md and served.jsonl (the monitoring reference input)."""
-    from mirec.train import load_model
+    from mirec.checkpoint import load_model
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     if isinstance(model, (str, Path)):
@@ -114,6 +114,14 @@ def evaluate(model, dataset, split: str = "test", aggregator: str = "merge", n_v
             res["routing_entropy"] = _mean(e[0] for e in ent)
             res["routing_entropy_norm"] = _mean(e[1] for e in ent)
         res.update(planted_recovery(rec, ds, examples, lists, details))
+        n = max(n_values)  # AMR@N / CUR@N (mirec.metrics: interest separation, latent-interest recall)
+        res[f"cur@{n}"] = _mean(M.latent_interest_recall([r.item_idx for r in lst], e.targets, e.history,
+                                                         ds.item_category, n) for e, lst in zip(examples, lists))
+        vs = [d["interests"] for d in details if d.get("interests") is not None]
+        if vs and rec.K > 1:
+            res[f"amr@{n}"] = _mean(M.interest_separation(x) for x in rec.index.search(np.stack(vs), n)[1])
+        if hasattr(rec.model, "evaluation_metrics"):  # a model's own measures (GemiRec: code usage, NMI)
+            res.update(rec.model.evaluation_metrics(ds.item_category))
         for e, lst, d in zip(examples, lists, details):
             served.append({"user_idx": e.user_idx, "items": [r.item_idx for r in lst],
                            "scores": [r.score for r in lst], "interests": [r.interest for r in lst],

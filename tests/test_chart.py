@@ -34,6 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "mirec"
 PROD_VALUES = CHART / "values-production.yaml"
+# the deploy step's release file, layered on production as in docs/cluster.md
+RELEASE_VALUES = Path(__file__).resolve().parent / "fixtures" / "values-release.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 OWN_SCHEMAS = ROOT / "charts" / "schemas"
 SHARED_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "k8s-schemas"
@@ -51,10 +53,10 @@ KSERVE_RAW = ["--set", "kserve.enabled=true", "--set", "kserve.storageUri=s3://m
               "--set", "kserve.deploymentMode=RawDeployment"]
 PROFILES: dict[str, list[str]] = {
     "default": [],
-    "production": ["-f", str(PROD_VALUES)],
+    "production": ["-f", str(PROD_VALUES), "-f", str(RELEASE_VALUES)],
     "kserve": KSERVE,
     "kserve-raw": KSERVE_RAW,
-    "production-kserve-gpu": ["-f", str(PROD_VALUES), *KSERVE, "--set", "torchserve.gpu.enabled=true"],
+    "production-kserve-gpu": ["-f", str(PROD_VALUES), "-f", str(RELEASE_VALUES), *KSERVE, "--set", "torchserve.gpu.enabled=true"],
     "gpu-url-store-external-redis": [
         "--set", "torchserve.gpu.enabled=true",
         "--set", "torchserve.modelStore.type=url",
@@ -352,7 +354,7 @@ def test_checkov_passes_on_default_and_production(helm, tools_venv_python):
     checkov = tools_venv_python.with_name("checkov")
     env = {**os.environ, "PATH": f"{Path(helm).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     base = [str(checkov), "--config-file", str(CHART / ".checkov.yaml"), "-d", str(CHART), "-o", "json"]
-    runs = {"default": base, "production": [*base, "--var-file", str(PROD_VALUES)]}
+    runs = {"default": base, "production": [*base, "--var-file", str(PROD_VALUES), "--var-file", str(RELEASE_VALUES)]}
     procs = {k: subprocess.Popen(v, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
              for k, v in runs.items()}  # both at once: checkov is mostly start-up time
     for name, proc in procs.items():
@@ -394,7 +396,12 @@ def test_values_schema_rejects_bad_values_readably(helm, args, must_name):
     ({"torchserve": {"extraConfig": {"disable_token_authorization": "true"}}},
      "torchserve.extraConfig.disable_token_authorization is managed by the chart"),
     ({"torchserve": {"modelStore": {"type": "url"}}}, "torchserve.modelStore.url.baseUrl is required"),
-    ({"kserve": {"enabled": True}}, "kserve.storageUri is required"),
+    ({"kserve": {"enabled": True}}, "kserve.storageUri (or release.uri) is required"),
+    ({"torchserve": {"modelStore": {"type": "release"}}}, "torchserve.modelStore.type=release needs release.uri"),
+    ({"serving": {"preStopDelaySeconds": 60}}, "serving.preStopDelaySeconds must be below"),
+    ({"feast": {"onlineStore": {"redis": {"maxmemory": "3gb", "persistence": {"enabled": True},
+                                          "resources": {"limits": {"memory": "4Gi"}}}}}},
+     "is above 60% of the memory limit"),
 ])
 def test_cross_field_checks_fail_readably(helm, tmp_path, values, message):
     vf = tmp_path / "values.yaml"
@@ -491,9 +498,10 @@ def test_torchserve_model_snapshot_and_gpu(helm):
     props = properties(configmap_file(docs, f"{FULL}-torchserve", "config.properties"))
     snap = json.loads(props["model_snapshot"])
     assert snap["modelCount"] == 2 and set(snap["models"]) == {"mirec_a", "mirec_b"}
-    a = snap["models"]["mirec_a"]["1.0"]
-    assert (a["marName"], a["minWorkers"], a["maxWorkers"], a["batchSize"], a["maxBatchDelay"]) == \
-        ("mirec_a.mar", 2, 4, 32, 2)
+    # the release's version, production's settings (torchserve.modelDefaults survive the release file)
+    a = snap["models"]["mirec_a"]["20261201"]
+    assert (a["marName"], a["minWorkers"], a["maxWorkers"], a["batchSize"], a["maxBatchDelay"],
+            a["responseTimeout"]) == ("mirec_a.mar", 2, 4, 32, 2, 10)
     assert props["number_of_gpu"] == "0"
     pod = pod_spec(one(docs, "Deployment", f"{FULL}-serving"))
     assert [c["name"] for c in pod["initContainers"]] == ["prepare-log-dir", "fetch-models"]
@@ -1023,8 +1031,10 @@ def test_torchserve_target_has_python_311_the_locked_dependencies_and_java_17(he
     locked = _locked()
     install = next((r for r in runs if "pip install -r" in r and "requirements.lock" in r), None)
     assert install, "no RUN installs requirements.lock"
-    # torch comes from its own index at the locked version, everything else from the lock itself
-    assert "grep -v '^torch==' requirements.lock" in install and '"torch==${TORCH_VERSION}"' in install
+    # torch comes from its own index at the locked version, everything else from the lock itself, less the
+    # development tools (DEV_ONLY; tests/test_chart_release.py checks that list)
+    assert 'grep -viE "$pattern" requirements.lock' in install and "^(torch$(printf" in install
+    assert '"torch==${TORCH_VERSION}"' in install
     args = dict(a.split("=", 1) for s in chain for k, a in s["instructions"] if k == "ARG" and "=" in a)
     assert args["TORCH_VERSION"] == locked["torch"]
     assert locked["torchserve"] == yaml.safe_load((CHART / "Chart.yaml").read_text())["annotations"][
@@ -1039,10 +1049,11 @@ def test_torchserve_target_has_python_311_the_locked_dependencies_and_java_17(he
     assert f"GLIBC_TUNABLES={HUGEPAGE_TUNABLE}" in env, "the worker's FAISS index would be mapped with 4 KB pages"
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert _last(chain, "USER") == str(values["containerSecurityContext"]["runAsUser"]) == "10001"
-    # the image's default command is the chart's TorchServe command line
+    # the chart runs the image's own entrypoint (SIGTERM -> `torchserve --stop`) with the image's default command
     ts = _torchserve_container(render(helm, "default"))
-    assert json.loads(_last(chain, "CMD")) == ts["command"] + ts["args"]
     entrypoint = json.loads(_last(chain, "ENTRYPOINT"))
+    assert ts["command"] == entrypoint
+    assert json.loads(_last(chain, "CMD")) == ts["args"]
     script = next(c.split()[0] for c in copies if c.split()[-1] == f"/usr/local/bin/{entrypoint[0]}")
     assert os.access(ROOT / script, os.X_OK)
     # the default target (last stage) stays the project image: same base, no Java, `mirec --help`

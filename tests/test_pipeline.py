@@ -56,23 +56,32 @@ def test_compiled_yaml_in_sync_and_strict(module, tmp_path):
         json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
 
 
+def _platform(name: str) -> tuple[dict, dict]:
+    docs = _docs(REPO / "pipelines" / "compiled" / f"{name}.yaml")
+    return docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
 def test_training_yaml_cluster_settings():
-    docs = _docs(REPO / "pipelines" / "compiled" / "training_pipeline.yaml")
-    spec, platform = docs[0], docs[1]
-    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    train = [e for name, e in execs.items() if name.startswith("exec-train-candidate-op")]
+    """The default (CPU) variant runs as rendered on any cluster: no GPU request, no pre-existing PVC; every task
+    runs the `image` parameter non-root with a timeout and the pull secret; the Feast tasks carry the
+    NetworkPolicy label and the production feature-store settings."""
+    spec, execs = _platform("training_pipeline")
+    for name, e in execs.items():
+        assert "pvcMount" not in e, name  # data moves as kfp artifacts
+        assert e["securityContext"] == {"runAsUser": "10001", "runAsGroup": "10001", "runAsNonRoot": True} or \
+            e["securityContext"] == {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}, name
+        assert int(e["activeDeadlineSeconds"]) > 0, name
+        assert e["imagePullSecret"], name
+    train = [n for n in execs if n.startswith("exec-train-candidate-op")]
     assert len(train) == 2
-    for e in train:
-        assert e["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
-        assert e["tolerations"][0]["key"] == "nvidia.com/gpu"
-        assert e["pvcMount"][0]["mountPath"] == "/mnt/mirec"
+    for n in train:
+        assert "nodeSelector" not in execs[n] and "tolerations" not in execs[n]
+    assert execs["exec-features-materialize-op"]["podMetadata"]["labels"]["mirec.io/feast-client"] == "true"
     assert any("secretAsEnv" in e for e in execs.values())
-    res = spec["deploymentSpec"]["executors"]["exec-train-candidate-op"]["container"]["resources"]
-    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
-    # every component runs the project image and calls mirec.steps, with no pip install of kfp at run time
     for name, ex in spec["deploymentSpec"]["executors"].items():
         c = ex["container"]
-        assert c["image"] == "ghcr.io/mirec-project/mirec:0.1.0", name
+        assert "accelerator" not in c.get("resources", {}), name
+        assert "pipelinechannel--image" in c["image"], name  # the `image` parameter
         assert "pip install" not in " ".join(c["command"]), name
         assert "from mirec import steps" in c["command"][-1], name
     # candidates A and B train in parallel: neither training task depends on the other
@@ -82,8 +91,37 @@ def test_training_yaml_cluster_settings():
     assert "train-candidate-op" not in tb.get("dependentTasks", [])
     params = spec["root"]["inputDefinitions"]["parameters"]
     for p in ("data_uri", "candidate_a", "candidate_b", "k_interests", "epochs", "thresholds", "split",
-              "experiment_split"):
+              "experiment_split", "image", "image_pull_secret", "release_store", "release_name"):
         assert p in params
+        assert params[p].get("description"), f"parameter {p} has no description for the UI"
+    assert params["image"]["defaultValue"] == "ghcr.io/mirec-project/mirec:0.1.0"
+
+
+def test_gpu_variant_requests_gpus_on_gpu_nodes():
+    spec, execs = _platform("training_pipeline_gpu")
+    for n in ("exec-train-candidate-op", "exec-train-candidate-op-2"):
+        assert execs[n]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert execs[n]["tolerations"][0]["key"] == "nvidia.com/gpu"
+        res = spec["deploymentSpec"]["executors"][n]["container"]["resources"]
+        assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
+    assert spec["root"]["inputDefinitions"]["parameters"]["image"]["defaultValue"].endswith("-gpu")
+
+
+def test_distributed_variant_creates_and_deletes_the_runs_volume():
+    spec, execs = _platform("training_pipeline_distributed")
+    tasks = spec["root"]["dag"]["tasks"]
+    creates = [n for n, tk in tasks.items() if tk["componentRef"]["name"].startswith("comp-createpvc")]
+    deletes = [n for n, tk in tasks.items() if tk["componentRef"]["name"].startswith("comp-deletepvc")]
+    assert len(creates) == 2 and len(deletes) == 2
+    for n in ("exec-train-candidate-op", "exec-train-candidate-op-2"):
+        e = execs[n]
+        assert e["pvcMount"][0]["mountPath"] == "/mnt/mirec" and "taskOutputParameter" in json.dumps(e["pvcMount"])
+        fields = {f["name"]: f["fieldPath"] for f in e["fieldPathAsEnv"]}
+        assert fields == {"MIREC_POD_NAMESPACE": "metadata.namespace", "MIREC_POD_NAME": "metadata.name",
+                          "MIREC_POD_UID": "metadata.uid"}
+    for n in creates:  # ReadWriteMany: the TrainJob's pods mount it on several nodes
+        inputs = tasks[n]["inputs"]["parameters"]
+        assert inputs["access_modes"]["runtimeValue"]["constant"] == ["ReadWriteMany"]
 
 
 def test_components_are_thin():
@@ -105,7 +143,8 @@ def test_components_are_thin():
 # ---- PyTorchJob ---------------------------------------------------------------------------------------------
 def _render(workers: int, gpus: int = 0):
     return steps.render_pytorchjob("mirec-train-a", "ghcr.io/mirec-project/mirec:0.1.0", ["mirec", "pipeline", "train-worker"],
-                                   workers=workers, gpus_per_worker=gpus, node_selector={"nvidia.com/gpu.present": "true"},
+                                   workers=workers, gpus_per_worker=gpus, namespace="kubeflow-user",
+                                   node_selector={"nvidia.com/gpu.present": "true"},
                                    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
 
 
@@ -217,7 +256,7 @@ def test_deploy_helm_values(tmp_path):
     assert values["torchserve"]["models"][0]["version"] == "20260101"
     arms = values["api"]["settings"]["experiment"]["arms"]
     assert [(a["name"], a["weight"]) for a in arms] == [("A", 0.7), ("B", 0.3)]
-    assert (tmp_path / "dep" / "model-store" / "mirec_b.mar").is_file() and info["registered"] == []
+    assert (tmp_path / "dep" / "release" / "model-store" / "mirec_b.mar").is_file() and info["registered"] == []
     with pytest.raises(ConfigError):
         steps.deploy(_fake_package(tmp_path / "x"), tmp_path / "dep2", experiment_split=1.5)
 
@@ -352,45 +391,7 @@ def test_submit_uses_kfp_client(monkeypatch, tmp_path):
         pl.submit("http://x", package=tmp_path / "missing.yaml")
 
 
-def test_distributed_training_exchange_through_shared_volume(tmp_path, monkeypatch):
-    """train_candidate with distributed.enabled: dataset -> shared volume -> PyTorchJob (here: its Master's
-    command run locally, WORLD_SIZE=1, instead of a cluster) -> checkpoint back into the Model artifact."""
-    import os
-    import subprocess
-    import sys as _sys
-
-    ds = tmp_path / "ds"
-    steps.data_ingest(ds, data_config={"synth": {"n_users": 60, "n_items": 80, "n_categories": 4,
-                                                 "seq_len": [10, 20]}})
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    submitted = []
-
-    def fake_submit(job, api=None, poll_s=10.0, timeout_s=0):
-        submitted.append(job)
-        cmd = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-        exe = Path(_sys.executable).with_name("mirec")
-        env = {**os.environ, "WORLD_SIZE": "1", "RANK": "0"}
-        subprocess.run([str(exe), *cmd[1:]], check=True, env=env, capture_output=True)
-        return {"conditions": [{"type": "Succeeded", "status": "True"}]}
-
-    monkeypatch.setattr(steps, "submit_pytorchjob", fake_submit)
-    info = steps.train_candidate(ds, tmp_path / "model", "A", {"name": "mind", "dim": 8, "K": 2},
-                                 {"batch_size": 64, "num_negatives": 16}, epochs=1,
-                                 distributed={"enabled": True, "workers": 3, "shared_dir": str(shared),
-                                              "image": "ghcr.io/mirec-project/mirec:0.1.0", "gpus_per_worker": 1})
-    assert info["mode"] == "pytorchjob(3 workers)"
-    job = submitted[0]
-    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
-    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]
-    assert (tmp_path / "model" / "model.pt").is_file() and (tmp_path / "model" / "pytorchjob.yaml").is_file()
-    from mirec.train import load_model
-
-    model, cfg = load_model(tmp_path / "model")
-    assert cfg.K == 2 and cfg.n_items > 0
-    with pytest.raises(ConfigError):  # no shared volume mounted
-        steps.train_candidate(ds, tmp_path / "m2", "A", {"name": "mind"}, {}, epochs=1,
-                              distributed={"enabled": True, "shared_dir": str(tmp_path / "nope"), "image": "x"})
+# (distributed training through the shared volume: tests/test_pipeline_launch.py)
 
 
 def test_no_top_level_folder_shadows_a_python_module():

@@ -18,8 +18,7 @@ def main(
     package MARs -> monitoring reference -> deploy values; then print where everything is and who won.
 
     Same pipeline as `mirec pipeline run --local` (see `mirec pipeline run --help` for parameters)."""
-    from mirec.cli.pipeline import TINY_PARAMS
-    from mirec.steps import run_main
+    from mirec.cli.pipeline import TINY_PARAMS, run_main
 
     run_main(dict(TINY_PARAMS) if tiny else {}, pipeline_root=out / "pipeline_root", quiet=not verbose,
              echo=typer.echo)

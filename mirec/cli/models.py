@@ -83,7 +83,7 @@ def train_cmd(
 ) -> None:
     """Train a multi-interest model; the best weights (validation Recall@50) go to OUT/model.pt.
 
-    Runs unchanged under `torchrun --nproc_per_node N -m mirec.train ...` (DistributedDataParallel)."""
+    Runs unchanged under `torchrun --nproc_per_node N -m mirec.cli train ...` (DistributedDataParallel)."""
     from mirec.config import load_yaml_sections
     from mirec.models import ModelConfig
     from mirec.train import TrainConfig, train

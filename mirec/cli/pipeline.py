@@ -33,6 +33,64 @@ def _pipelines():
     return pl
 
 
+# ---- the local run of the training pipeline (`mirec main`, `mirec pipeline run --local`) --------------
+class _RedirectFds:
+    """Send this process's (and its children's) stdout/stderr to a file at the fd level (kfp's local runner
+    streams every task's full executor input/output; --quiet keeps that in a log file instead)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.f = open(self.path, "ab")
+        self.saved = os.dup(1), os.dup(2)
+        os.dup2(self.f.fileno(), 1)
+        os.dup2(self.f.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        os.close(self.saved[0])
+        os.close(self.saved[1])
+        self.f.close()
+        return False
+
+
+def run_main(params: dict | None = None, pipeline_root: str | Path = "artifacts/pipeline_root",
+             compiled: str | Path | None = None, echo=print, quiet: bool = False) -> dict:
+    """The README's main job: run the training pipeline with kfp's local runner, then print the summary.
+    quiet: kfp's per-task output goes to <pipeline_root>/last-run.log instead of the terminal.
+    -> {"run_dir", "summary", "decision", "wall_s"}."""
+    import contextlib
+    import time
+
+    from mirec.reports import collect_run, summarize_run
+
+    run_local = _pipelines().run_local
+    t0 = time.perf_counter()
+    log = Path(pipeline_root) / "last-run.log"
+    if quiet:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        echo(f"running the training pipeline with kfp's local runner (task output: {log}) ...")
+    with _RedirectFds(log) if quiet else contextlib.nullcontext():
+        run_dir = run_local(params, pipeline_root=pipeline_root, compiled=compiled)
+    wall = time.perf_counter() - t0
+    text = summarize_run(run_dir, wall)
+    (Path(run_dir) / "summary.txt").write_text(text + "\n")
+    echo(text)
+    return {"run_dir": str(run_dir), "summary": text, "decision": collect_run(run_dir)["decision"], "wall_s": wall}
+
+
 def load_params(params_file: Path | None, sets: list[str] | None, tiny: bool = False) -> dict:
     """Pipeline arguments: TINY_PARAMS (with --tiny) < --params YAML/JSON file < --set key=JSON-or-string."""
     import yaml
@@ -83,8 +141,6 @@ def run_cmd(
     """Run the training pipeline end to end; prints where the artifacts are, the gate decisions and the table."""
     if not local:
         raise ConfigError("only local runs here: add --local (use `mirec pipeline submit --host URL` for a cluster)")
-    from mirec.steps import run_main
-
     try:
         run_main(load_params(params, set_, tiny), pipeline_root=pipeline_root, compiled=compiled, echo=typer.echo,
                  quiet=quiet)
@@ -117,21 +173,34 @@ def submit_cmd(
 def render_pytorchjob_cmd(
     name: str = typer.Option("mirec-train", "--name"),
     image: str = typer.Option("ghcr.io/mirec-project/mirec:0.1.0", "--image"),
-    workers: int = typer.Option(2, "--workers", min=1, help="Total replicas (1 Master + workers-1 Workers)."),
-    gpus: int = typer.Option(0, "--gpus", min=0, help="GPUs per replica."),
-    namespace: str = typer.Option("kubeflow", "--namespace"),
+    workers: int = typer.Option(2, "--workers", min=1, help="Nodes (TrainJob numNodes; PyTorchJob 1 Master + "
+                                "workers-1 Workers)."),
+    gpus: int = typer.Option(0, "--gpus", min=0, help="GPUs per node (= torchrun processes per node)."),
+    namespace: str = typer.Option(..., "--namespace", help="Your Kubeflow profile's namespace."),
+    kind: str = typer.Option("trainjob", "--kind", help="trainjob (Kubeflow Trainer v2) | pytorchjob (legacy)."),
+    pvc: str = typer.Option("mirec-artifacts", "--pvc", help="ReadWriteMany claim mounted at /mnt/mirec."),
+    rbac: bool = typer.Option(False, "--rbac", help="Render the launcher's Role + RoleBinding instead."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the manifest here (default: stdout)."),
 ) -> None:
-    """Render the distributed-training PyTorchJob (k8s/pytorchjob.yaml) for `kubectl apply -f`."""
+    """Render the distributed-training job (or, with --rbac, the Role the pipeline's launcher needs) for
+    `kubectl apply -f`."""
     import yaml
 
-    from mirec.steps import render_pytorchjob
+    from mirec.launch import LaunchConfig, render_launcher_rbac, render_pytorchjob, render_trainjob, torchrun_command
 
-    cmd = ["mirec", "pipeline", "train-worker", "--dataset-dir", "/mnt/mirec/dataset", "--model-config",
-           "/mnt/mirec/model_config.json", "--train-config", "/mnt/mirec/train_config.json", "--out-dir",
-           "/mnt/mirec/checkpoint"]
-    text = yaml.safe_dump(render_pytorchjob(name, image, cmd, workers=workers, namespace=namespace,
-                                            gpus_per_worker=gpus), sort_keys=False)
+    if kind not in ("trainjob", "pytorchjob"):
+        raise ConfigError(f"--kind must be trainjob or pytorchjob, not {kind!r}")
+    args = ["--dataset-dir", "/mnt/mirec/dataset", "--model-config", "/mnt/mirec/model_config.json",
+            "--train-config", "/mnt/mirec/train_config.json", "--out-dir", "/mnt/mirec/checkpoint"]
+    cmd = torchrun_command(args)
+    if rbac:
+        docs = render_launcher_rbac(namespace)
+    elif kind == "trainjob":
+        docs = [render_trainjob(name, image, cmd, LaunchConfig(workers=workers, gpus_per_worker=gpus), namespace, pvc)]
+    else:
+        docs = [render_pytorchjob(name, image, cmd, workers=workers, namespace=namespace, gpus_per_worker=gpus,
+                                  pvc_name=pvc)]
+    text = yaml.safe_dump_all(docs, sort_keys=False)
     if out:
         out.write_text(text)
         typer.echo(f"wrote {out}")
@@ -146,10 +215,18 @@ def train_worker_cmd(
     train_config: Path = typer.Option(..., "--train-config", help="TrainConfig JSON."),
     out_dir: Path = typer.Option(..., "--out-dir"),
 ) -> None:
-    """One replica of a distributed training job (what the PyTorchJob runs; DDP env set by the operator)."""
+    """One process of a distributed training job (what the TrainJob / PyTorchJob runs under torchrun; DDP env
+    set by torchrun). Trains on the Feast examples when the dataset carries them (build_training_data)."""
+    from mirec.examples import EXAMPLES_FILE, FrameExamples
     from mirec.models import ModelConfig
+    from mirec.stepio import read_step
     from mirec.train import TrainConfig, train
 
-    res = train(dataset_dir, ModelConfig.model_validate_json(model_config.read_text()),
-                TrainConfig.model_validate_json(train_config.read_text()), out_dir, progress=False)
+    mcfg = ModelConfig.model_validate_json(model_config.read_text())
+    examples = None
+    if (dataset_dir / EXAMPLES_FILE).is_file():
+        examples = FrameExamples.read(dataset_dir / EXAMPLES_FILE, mcfg.max_len,
+                                      seq_len=read_step(dataset_dir).get("seq_len"))
+    res = train(dataset_dir, mcfg, TrainConfig.model_validate_json(train_config.read_text()), out_dir, progress=False,
+                examples=examples)
     typer.echo(json.dumps(res.metrics, default=str))

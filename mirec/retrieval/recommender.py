@@ -56,7 +56,7 @@ class Recommender:
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, aggregator: str = "merge", index_kind: str = "flat",
                         **kw) -> "Recommender":
-        from mirec.train import load_model
+        from mirec.checkpoint import load_model
 
         model, _ = load_model(checkpoint_dir)
         items = pd.read_parquet(Path(checkpoint_dir) / "items.parquet")
@@ -65,11 +65,14 @@ class Recommender:
 
     # ---- interests -------------------------------------------------------------------------------
     @torch.inference_mode()  # cheaper per op than no_grad (no version counters); outputs leave as numpy
-    def encode(self, histories: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """-> (interests [B, K, d] float32, per-user routing/attention weights [K, len] (numpy))."""
+    def encode(self, histories: list[np.ndarray], extras: dict | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """-> (interests [B, K, d] float32, per-user routing/attention weights [K, len] (numpy)).
+        extras (a dict, optional) receives "user_diversity" [B] when the model sets `user_diversity` after a
+        forward (its own per-user diversity preference, e.g. HMISR's d_u), which the personalised aggregator
+        then uses in place of the history features."""
         if not self.is_neural:
             raise TypeError(f"{type(self.model).__name__} has no interest vectors")
-        out, aux = [], []
+        out, aux, div = [], [], []
         L = self.model.cfg.max_len
         # interests in score space (unit length under cosine); a duck-typed model (the interface contract:
         # interests() + item_vectors()) is searched with its interests() as they are
@@ -82,6 +85,10 @@ class Recommender:
             a = self.model.aux.float().cpu().numpy()
             n = mask.sum(1).cpu().numpy()
             aux.extend(a[i, :, : n[i]] for i in range(len(chunk)))
+            if getattr(self.model, "user_diversity", None) is not None:
+                div.append(self.model.user_diversity.float().cpu().numpy())
+        if extras is not None and div and len(div) == len(out):
+            extras["user_diversity"] = np.concatenate(div)
         d = self.item_vectors.shape[1]
         return (np.concatenate(out) if out else np.zeros((0, self.K, d), np.float32)), aux
 
@@ -97,10 +104,10 @@ class Recommender:
                 "interest_norms": [float(x) for x in np.linalg.norm(v, axis=1)]}
 
     # ---- recommend -------------------------------------------------------------------------------
-    def _candidates(self, histories, top_m):
-        """-> scores [B, K, M], items [B, K, M], interests [B, K, d] | None, aux list | None."""
+    def _candidates(self, histories, top_m, extras: dict | None = None):
+        """-> scores [B, K, M], items [B, K, M], interests [B, K, d] | None, aux list | None (extras: see encode)."""
         if self.is_neural:
-            v, aux = self.encode(histories)
+            v, aux = self.encode(histories, extras)
             scores, items = self.index.search(v, top_m)
             return scores, items, v, aux
         s = self.model.score_histories(histories)  # [B, N]
@@ -130,7 +137,9 @@ class Recommender:
             hs = [histories[i] for i in idx]
             seen = [np.unique(h) if exclude_seen else np.empty(0, np.int64) for h in hs]
             top_m = min(n + max(len(x) for x in seen), self.n_items)
-            scores, items, v, aux = self._candidates(hs, top_m)
+            extras: dict = {}
+            scores, items, v, aux = self._candidates(hs, top_m, extras)
+            model_div = extras.get("user_diversity")
             for b, i in enumerate(idx):
                 # Each user's pool is their own top-(n + |seen|) per interest, whatever else is in the batch:
                 # diversity aggregators choose from the pool, so a batch-sized pool would make a user's
@@ -142,7 +151,8 @@ class Recommender:
                     history=hs[b], interests=None if v is None else v[b],
                     interest_weights=None if aux is None else aux[b].sum(-1),
                     item_vectors=self.item_vectors, item_popularity=self.item_popularity,
-                    diversity=diversity, params=self.aggregator_params)
+                    diversity=diversity, params=self.aggregator_params,
+                    model_diversity=None if model_div is None else float(model_div[b]))
                 lists[i] = self.aggregator(scores[b][:, :m_b], items[b][:, :m_b], ctx)
                 if return_details:
                     details[i] = {"interests": None if v is None else v[b],

@@ -161,6 +161,30 @@ torchserve.gpu.enabled the CUDA build, torchserve.gpu.imageTag or "<tag>-gpu". A
       name: {{ include "mirec.redisSecretName" . }}
       key: {{ include "mirec.redisSecretKey" . }}
 {{- end }}
+{{- with (.Values.feast.registryPasswordSecret | default dict).name }}
+# ${FEAST_REGISTRY_PASSWORD} in feast.registry.path (the SQL registry's URL), expanded by Feast
+- name: FEAST_REGISTRY_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.feast.registryPasswordSecret.key | default "password" }}
+{{- end }}
+{{- end }}
+
+{{- /* The environment of a container that reads the release store: credentials Secret + endpoint. */ -}}
+{{- define "mirec.releaseEnv" -}}
+- name: HOME
+  value: /tmp
+{{- with .Values.release.endpointUrl }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- define "mirec.releaseEnvFrom" -}}
+{{- with .Values.release.credentialsSecret }}
+- secretRef:
+    name: {{ . }}
+{{- end }}
 {{- end }}
 
 {{- define "mirec.podSecurityContext" -}}
@@ -201,14 +225,18 @@ Fail early on values that the JSON schema cannot express.
 {{- fail (printf "torchserve.models: model name %q is listed twice" .name) }}
 {{- end }}
 {{- $models = append $models .name }}
-{{- if gt (int .minWorkers) (int .maxWorkers) }}
-{{- fail (printf "torchserve.models[%s]: minWorkers (%v) > maxWorkers (%v)" .name .minWorkers .maxWorkers) }}
+{{- $m := merge (deepCopy .) (deepCopy $.Values.torchserve.modelDefaults) }}
+{{- if gt (int $m.minWorkers) (int $m.maxWorkers) }}
+{{- fail (printf "torchserve.models[%s]: minWorkers (%v) > maxWorkers (%v)" .name $m.minWorkers $m.maxWorkers) }}
 {{- end }}
 {{- end }}
 {{- range $arms }}
 {{- if not (has .model $models) }}
 {{- fail (printf "api.settings.experiment.arms: arm %q serves model %q, which is not in torchserve.models %v" .name .model $models) }}
 {{- end }}
+{{- end }}
+{{- if and (eq .Values.torchserve.modelStore.type "release") (not .Values.release.uri) }}
+{{- fail "torchserve.modelStore.type=release needs release.uri (the training pipeline's values-release.yaml)" }}
 {{- end }}
 {{- if and (eq .Values.torchserve.modelStore.type "url") (not .Values.torchserve.modelStore.url.baseUrl) }}
 {{- fail "torchserve.modelStore.url.baseUrl is required when torchserve.modelStore.type=url" }}
@@ -219,8 +247,19 @@ Fail early on values that the JSON schema cannot express.
 {{- end }}
 {{- end }}
 {{- else }}
-{{- if not .Values.kserve.storageUri }}
-{{- fail "kserve.storageUri is required when kserve.enabled=true" }}
+{{- if not (or .Values.kserve.storageUri .Values.release.uri) }}
+{{- fail "kserve.storageUri (or release.uri) is required when kserve.enabled=true" }}
+{{- end }}
+{{- end }}
+{{- if ge (int .Values.serving.preStopDelaySeconds) (int .Values.serving.terminationGracePeriodSeconds) }}
+{{- fail "serving.preStopDelaySeconds must be below serving.terminationGracePeriodSeconds (else the kubelet kills the containers before they stop cleanly)" }}
+{{- end }}
+{{- $redis := .Values.feast.onlineStore.redis }}
+{{- if and .Values.feast.enabled (eq .Values.feast.onlineStore.type "redis") $redis.deploy $redis.persistence.enabled }}
+{{- $max := include "mirec.bytes" $redis.maxmemory | float64 }}
+{{- $limit := include "mirec.bytes" $redis.resources.limits.memory | float64 }}
+{{- if gt $max (mulf $limit 0.6) }}
+{{- fail (printf "feast.onlineStore.redis.maxmemory %s is above 60%% of the memory limit %s: with persistence (AOF) a rewrite forks Redis and copy-on-write needs the headroom (OOM kill)" $redis.maxmemory $redis.resources.limits.memory) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.serving.autoscaling.enabled (gt (int .Values.serving.autoscaling.minReplicas) (int .Values.serving.autoscaling.maxReplicas)) }}
@@ -234,4 +273,18 @@ Fail early on values that the JSON schema cannot express.
 {{- define "mirec.sharedPath" -}}
 {{- $p := index . 1 -}}
 {{- if hasPrefix "/" $p }}{{ $p }}{{ else }}{{ printf "%s/%s" (index . 0) $p }}{{ end }}
+{{- end }}
+
+{{/* Bytes of a Redis size (3gb, 256mb, 512kb) or a Kubernetes quantity (4Gi, 400Mi, 1G). */}}
+{{- define "mirec.bytes" -}}
+{{- $s := lower (toString .) -}}
+{{- $units := list (list "gib" 1073741824) (list "mib" 1048576) (list "kib" 1024) (list "gi" 1073741824) (list "mi" 1048576) (list "ki" 1024) (list "gb" 1073741824) (list "mb" 1048576) (list "kb" 1024) (list "g" 1000000000) (list "m" 1000000) (list "k" 1000) -}}
+{{- $out := "" -}}
+{{- range $units -}}
+{{- if and (not $out) (hasSuffix (index . 0) $s) -}}
+{{- $out = mulf (trimSuffix (index . 0) $s | float64) (index . 1) | int64 | toString -}}
+{{- end -}}
+{{- end -}}
+{{- if not $out }}{{ $out = $s | int64 | toString }}{{ end -}}
+{{ $out }}
 {{- end }}
