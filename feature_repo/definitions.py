@@ -13,7 +13,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Int64, String
 
 USER_HISTORY_VIEW = "user_recent_items"
@@ -33,13 +33,18 @@ def build(source_dir: str) -> list:
     user_history_src = FileSource(
         name="user_history_source", path=f"{source_dir}/user_history.parquet", timestamp_field="event_ts",
         description="One snapshot per (user, event time): the last L items after that time.")
+    # Feedback (POST /feedback clicks/purchases) arrives here: mirec.features.push.HistoryPusher pushes the new
+    # snapshot online at once and appends it (batched) to the batch source above, which materialization and
+    # point-in-time training read as before.
+    user_history_push = PushSource(name="user_history_push", batch_source=user_history_src,
+                                   description="New history snapshots from feedback events (mirec.features.push).")
     item_stats_src = FileSource(
         name="item_stats_source", path=f"{source_dir}/item_stats.parquet", timestamp_field="event_ts",
         description="Per item and day boundary: category and popularity counts over events before it.")
 
     # ttl 0 = no expiry: a user's history is valid however old (point-in-time join takes the latest <= t).
     user_recent = FeatureView(
-        name=USER_HISTORY_VIEW, entities=[user], ttl=timedelta(0), online=True, source=user_history_src,
+        name=USER_HISTORY_VIEW, entities=[user], ttl=timedelta(0), online=True, source=user_history_push,
         schema=[
             Field(name="recent_item_idx", dtype=Array(Int64), description="last L prepared item_idx, oldest first"),
             Field(name="recent_item_ids", dtype=Array(String), description="the same items, external ids"),
@@ -62,9 +67,10 @@ def build(source_dir: str) -> list:
     training = FeatureService(name=TRAINING_SERVICE, description="Point-in-time training sequences.",
                               features=[user_recent[["recent_item_idx", "recent_ts", "seq_len", "n_events"]]])
     items = FeatureService(name=ITEM_SERVICE, description="Item features.", features=[item_stats])
-    return [user, item, user_history_src, item_stats_src, user_recent, item_stats, serving, training, items]
+    return [user, item, user_history_src, item_stats_src, user_recent, item_stats, serving, training, items,
+            user_history_push]
 
 
 _default = os.environ.get("MIREC_FEAST_SOURCE_DIR") or str(Path(__file__).resolve().parent / "data" / "sources")
 (user, item, user_history_source, item_stats_source, user_recent_items, item_stats,
- mirec_serving, mirec_training, mirec_items) = build(_default)
+ mirec_serving, mirec_training, mirec_items, user_history_push) = build(_default)

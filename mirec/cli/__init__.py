@@ -24,11 +24,13 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that `mirec --help` stays fast and a broken optional part names itself.
-    from mirec.cli import data, features, main, models, monitor, pipeline, serve, tune
+    from mirec.cli import ab, data, features, main, models, monitor, pipeline, release, serve, tune
 
     app.add_typer(data.app, name="data", help="Prepare, synthesise and inspect interaction data.")
     app.add_typer(features.app, name="features", help="Feast feature repo: apply, materialize, lookup.")
     app.add_typer(pipeline.app, name="pipeline", help="Kubeflow pipelines: compile, run locally, submit.")
+    app.add_typer(release.app, name="release", help="Releases: fetch (verified), publish, show.")
+    app.add_typer(ab.app, name="ab", help="A/B tests: the outcome report (CIs, sequential test, SRM) and promotion.")
     for mod in (models, serve, monitor, main, tune):
         for cmd in mod.COMMANDS:
             app.command(**cmd.get("kwargs", {}))(cmd["fn"])

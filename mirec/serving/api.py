@@ -21,8 +21,8 @@ Every error is JSON `{"error": "<what is wrong>", "code": <status>}`. TorchServe
 passed on with their status and message; TorchServe unreachable -> 503, no answer within `timeout_ms` -> 504,
 TorchServe 5xx -> 502.
 
-Endpoints: POST /recommend (body = RecommendRequest JSON), GET /healthz, GET /readyz, GET /metrics
-(and /docs, /redoc, /openapi.json when `docs: true`).
+Endpoints: POST /recommend (body = RecommendRequest JSON), POST /feedback (mirec/serving/feedback.py), GET /healthz,
+GET /readyz, GET /metrics (and /docs, /redoc, /openapi.json when `docs: true`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mirec.serving.ab import assign
+from mirec.serving.feedback import add_feedback_route
 from mirec.serving.logwriter import ServedLogWriter
 from mirec.serving.schema import HandlerAnswer, RecommendResponse, ServedLog
 from mirec.serving.service import BadRequest, error_body, freeze_loaded_objects, parse_request
@@ -282,7 +283,8 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
     async def lifespan(app: FastAPI):
         server = upstream or TorchServeClient(settings.torchserve_url, timeout_s=settings.timeout_ms / 1000.0,
                                               management_url=settings.torchserve_management_url,
-                                              management_token=settings.management_token())
+                                              management_token=settings.management_token(),
+                                              protocol=settings.upstream_protocol)
         server.token = settings.inference_token()
         if isinstance(server, TorchServeClient):
             await server.start(models)
@@ -294,10 +296,12 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
 
             state["history"] = OnlineHistoryClient(settings.feast.repo_path,
                                                    timeout_ms=settings.feast.timeout_ms).recent_items
+        await feedback.start()  # POST /feedback (mirec/serving/feedback.py): opens the Feast pusher if configured
         freeze_loaded_objects()  # modules, app and clients live as long as the process: keep them out of GC passes
         yield
         await server.close()
         writer.close()
+        feedback.close()
 
     docs = settings.docs
     app = FastAPI(title="mirec recommendation API", lifespan=lifespan, docs_url="/docs" if docs else None,
@@ -305,6 +309,7 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.writer = writer
+    feedback = app.state.feedback = add_feedback_route(app, settings, metrics.registry)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):  # 404 / 405 in the same JSON shape
@@ -419,6 +424,10 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
             workers = orjson.loads(r.body)[0].get("workers", [])
             ready = sum(w.get("status") == "READY" for w in workers)
             return {"ready": ready >= 1, "workers_ready": ready, "workers": len(workers)}
+        model_ready = getattr(server, "model_ready", None)  # KServe protocols: the predictor's per-model readiness
+        st = await model_ready(model) if model_ready is not None else None
+        if st is not None:
+            return st
         r = await server.ping()  # no management API (KServe): TorchServe's own health of all its models
         status = (orjson.loads(r.body) or {}).get("status") if r.body else None
         return {"ready": r.status == 200 and status == "Healthy", "ping": status or f"HTTP {r.status}"}
