@@ -2,6 +2,9 @@
 
 Request body (JSON): {"user_id": ..., "history": [item ids], "n": 50, "diversity": null|0..1, "exclude_seen": true}
 Response: {"items": [{"item_id", "score", "interest", "category"}], "model", "version", "fallback", ...}
+KServe: the same handler answers `POST /v1/models/<m>:predict` ({"instances": [...]} -> {"predictions": [...]}) and
+`POST /v2/models/<m>/infer` (Open Inference Protocol, BYTES tensor "request" -> "recommendation"); the body says which
+(`mirec.serving.kserve`, inside `RecommendService.handle_batch`). Do not configure TorchServe's `service_envelope`.
 
 Batching: TorchServe hands `handle` a list of requests; exactly one response per request is returned,
 in order. A bad request gets its own 4xx status through `context.set_response_status(code, phrase, idx)`

@@ -344,3 +344,21 @@ def test_hugepage_malloc_tunable_is_added_not_overwritten():
     assert with_hugepage_malloc({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"] == \
         f"glibc.malloc.arena_max=2:{HUGEPAGE_TUNABLE}"
     assert with_hugepage_malloc({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
+
+
+def test_packaging_leaves_a_tmp_folder_named_like_the_candidate_alone(tmp_path, monkeypatch):
+    """torch-model-archiver stages in $TMPDIR/<model name> and deletes it: build_mar gives it a private TMPDIR,
+    so a user's folder that happens to carry the candidate's name survives packaging."""
+    from mirec.serving.packaging import build_mar
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    keep = tmp_path / "mirec_keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "note.txt").write_text("x")
+    handler = tmp_path / "h.py"
+    handler.write_text("def handle(data, context):\n    return data\n")
+    out = build_mar(stage, "mirec_keep", "1.0", tmp_path / "store", handler=handler)
+    assert out.exists() and (keep / "notes.txt").read_text() == "mine"

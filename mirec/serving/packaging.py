@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+import os
 import shutil
 import subprocess
 import sys
@@ -263,7 +264,11 @@ def build_mar(stage_dir: str | Path, name: str, version: str, model_store: str |
             cfg_file = Path(cfg_dir) / MODEL_CONFIG_YAML
             cfg_file.write_text(yaml.safe_dump(model_config, sort_keys=True))
             cmd += ["--config-file", str(cfg_file)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # torch-model-archiver stages files in $TMPDIR/<model name> and deletes that folder before and after:
+        # a private TMPDIR keeps it from wiping an unrelated /tmp/<name> of the user's
+        scratch = Path(cfg_dir) / "scratch"
+        scratch.mkdir()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(scratch)})
     if proc.returncode != 0:
         raise MirecError(f"torch-model-archiver failed for {name}: {(proc.stderr or proc.stdout).strip()[-800:]}")
     out = model_store / (f"{name}.mar" if archive_format == "default" else name)

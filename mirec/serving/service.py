@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from mirec.data.schema import IdMap
 from mirec.metrics import head_mask, history_popularity
+from mirec.serving import kserve
 from mirec.serving.schema import MAX_HISTORY, MAX_N, RecommendRequest
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,18 @@ class RecommendService:
 
     def handle_batch(self, bodies: list[Any]) -> list[tuple[int, dict]]:
         """One (status, JSON body) per request, in order, whatever the requests hold.
+
+        A body may be a plain TorchServe request or a KServe v1 (`{"instances": [...]}`) / v2 (Open Inference
+        Protocol) call (`mirec.serving.kserve`): a KServe call's instances are answered together with the other
+        requests of the batch and wrapped back into one KServe answer (or that call's own 4xx/5xx
+        `{"error": ...}`), so batching and per-request isolation hold across the three protocols."""
+        calls, flat = kserve.expand(bodies)
+        if all(c.protocol == "torchserve" for c in calls):
+            return self._handle_requests(flat)
+        return kserve.collapse(calls, self._handle_requests(flat), self.model_name, self.version)
+
+    def _handle_requests(self, bodies: list[Any]) -> list[tuple[int, dict]]:
+        """One (status, JSON body) per plain request, in order, whatever the requests hold.
 
         Per-request isolation: a request that cannot be parsed gets its own 4xx (`BadRequest`); any other
         exception while parsing one request is that request's 500; if answering the valid requests together

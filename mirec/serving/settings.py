@@ -1,6 +1,7 @@
 """Settings of the recommendation API (`mirec api --settings FILE`), the YAML of docs/CONTRACTS.md:
 
     torchserve_url: http://127.0.0.1:8080      # inference API
+    upstream_protocol: torchserve              # torchserve | kserve-v1 | kserve-v2 (mirec.serving.kserve)
     torchserve_management_url: null            # management API (readiness: workers per arm); null = inference /ping
     torchserve_token_file: null                # TorchServe key_file.json (token auth on in prod)
     experiment: {salt: "exp-1", arms: [{name: A, model: mirec_a, weight: 0.5}, {name: B, model: mirec_b, weight: 0.5}]}
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hmac
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -99,6 +101,11 @@ class AuthSettings(StrictModel):
 
 class ApiSettings(StrictModel):
     torchserve_url: str = "http://127.0.0.1:8080"
+    #: how the API calls the model server (`mirec.serving.kserve`): `torchserve` POST /predictions/<model> with the
+    #: request as it came; `kserve-v1` POST /v1/models/<model>:predict with {"instances": [request]}; `kserve-v2`
+    #: POST /v2/models/<model>/infer (Open Inference Protocol, a BYTES tensor `request`). Answers and the served log
+    #: are the same in all three. KServe: match the InferenceService's protocolVersion (v1 / v2).
+    upstream_protocol: Literal["torchserve", "kserve-v1", "kserve-v2"] = "torchserve"
     #: TorchServe's management API, for /readyz (workers READY per arm). Token auth on: the management key
     #: from `torchserve_token_file`. null: /readyz asks the inference API's /ping instead (KServe: the
     #: predictor's management API is not reachable from the API pod).

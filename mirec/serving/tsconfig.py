@@ -4,7 +4,8 @@ Profiles:
   local       - everything on 127.0.0.1, token authorization explicitly DISABLED (local/test only).
   production  - inference + metrics on 0.0.0.0, management on 127.0.0.1, token authorization ON (the
                 TorchServe default; clients read key_file.json).
-  kserve      - production + KServe's conventions: inference on :8085, model store /mnt/models/model-store,
+  kserve      - production + KServe's conventions: inference on :8085, model store /mnt/models/model-store
+                (fields set explicitly in ServerSettings win: a local kserve-profile TorchServe for tests),
                 environment overrides enabled (the runtime mounts this file as /mnt/models/config/config.properties),
                 and token authorization DISABLED: the API runs in another pod and cannot read the predictor's
                 key_file.json; the chart protects the predictor with a NetworkPolicy (RawDeployment) or leaves it
@@ -80,7 +81,12 @@ def with_hugepage_malloc(environ: dict[str, str]) -> dict[str, str]:
 def render_config_properties(models: list[ModelServing], server: ServerSettings | None = None) -> str:
     s = server or ServerSettings()
     if s.profile == "kserve":
-        public, inference_port, model_store = "0.0.0.0", 8085, "/mnt/models/model-store"
+        # KServe's layout; a field set explicitly wins (tests and `TorchServeProcess(profile="kserve")` run the
+        # profile on loopback ports with a local model store; everything else, token auth included, stays)
+        given = s.model_fields_set
+        public = s.host if ("host" in given and s.host) else "0.0.0.0"
+        inference_port = s.inference_port if "inference_port" in given else 8085
+        model_store = s.model_store if "model_store" in given else "/mnt/models/model-store"
     else:
         public = s.host or ("127.0.0.1" if s.profile == "local" else "0.0.0.0")
         inference_port, model_store = s.inference_port, s.model_store
@@ -122,7 +128,8 @@ def render_config_properties(models: list[ModelServing], server: ServerSettings 
                   "# predictor is reachable inside the cluster only: the chart's NetworkPolicy admits just the API",
                   "# pods (RawDeployment); in Serverless mode KServe's/the mesh's own authentication protects it.",
                   "disable_token_authorization=true"]
-        lines += ["enable_envvars_config=true", "grpc_inference_port=7070", "grpc_management_port=7071",
+        lines += ["enable_envvars_config=true",
+                  f"grpc_inference_port={s.grpc_inference_port}", f"grpc_management_port={s.grpc_management_port}",
                   # the runtime starts TorchServe without --log-config: point the JVM at the packaged one
                   f"vmargs=-Dlog4j.configurationFile=file://{KSERVE_LOG_CONFIG}"]
     else:

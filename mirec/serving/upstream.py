@@ -10,6 +10,11 @@ call and was the largest single item in the API's profile (py-spy); aiohttp's ke
 fraction of that. The request body the client sent is forwarded unchanged when the API did not add a
 history, and the answer is parsed once (by the API's schema), so no JSON is encoded or decoded twice.
 
+`protocol` (ApiSettings.upstream_protocol): `torchserve` (POST /predictions/<model>), `kserve-v1` (POST
+/v1/models/<model>:predict, {"instances": [request]} -> {"predictions": [answer]}) or `kserve-v2` (POST
+/v2/models/<model>/infer, Open Inference Protocol); `mirec.serving.kserve` wraps the request and unwraps the answer,
+so `predict` returns the handler's answer bytes in all three (KServe adds one small JSON decode/encode per call).
+
 One connection pool per model (arm): a model whose worker is restarting holds its own connections until the
 deadline, and another arm's requests do not wait behind them for a free connection. Health calls (ping,
 management) use a pool of their own.
@@ -25,6 +30,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+import orjson
+
+from mirec.serving import kserve
 
 
 class UpstreamUnavailable(Exception):
@@ -63,8 +71,12 @@ class TorchServeClient:
     `management_url`/`management_token`: the management API, for `describe` (readiness)."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 1.0, max_connections: int = 64,
-                 management_url: str | None = None, management_token: str | None = None):
+                 management_url: str | None = None, management_token: str | None = None,
+                 protocol: str = "torchserve"):
+        if protocol not in kserve.PROTOCOLS:
+            raise ValueError(f"unknown upstream protocol {protocol!r}; expected one of {', '.join(kserve.PROTOCOLS)}")
         self.base_url = base_url.rstrip("/")
+        self.protocol = protocol
         self.token = token
         self.timeout_s = timeout_s
         self.max_connections = max_connections
@@ -116,8 +128,36 @@ class TorchServeClient:
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc or 'connection failed'} ({url})") from exc
 
     async def predict(self, model: str, body: bytes, request_id: str) -> UpstreamReply:
-        return await self._call(model, "POST", f"{self.base_url}/predictions/{model}", body,
-                                self._headers({"X-Request-Id": request_id}, self.token))
+        """One prediction; `body` is the request JSON object. In a KServe protocol it is wrapped for the predictor
+        and the answer unwrapped (`mirec.serving.kserve`), so the reply holds the handler's answer either way."""
+        p = self.protocol
+        r = await self._call(model, "POST", self.base_url + kserve.predict_path(p, model),
+                             kserve.wrap_request(p, body, request_id),
+                             self._headers({"X-Request-Id": request_id}, self.token))
+        if p == "torchserve":
+            return r
+        return UpstreamReply(*kserve.unwrap_reply(p, r.status, r.body))
+
+    async def model_ready(self, model: str) -> dict | None:
+        """KServe protocols: the predictor's per-model readiness (v1 GET /v1/models/<m> -> {"ready": true}, v2
+        GET /v2/models/<m>/ready -> 200), as /readyz's arm state; None when the predictor does not serve that path
+        (TorchServe 0.12 itself answers neither on its inference port: 404) or in the torchserve protocol, and
+        then the caller asks /ping."""
+        path = kserve.ready_path(self.protocol, model)
+        if path is None:
+            return None
+        r = await self._call("_health", "GET", self.base_url + path, headers=self._headers(token=self.token),
+                             timeout_s=2.0)
+        if r.status in (404, 405, 501):
+            return None
+        try:
+            doc = orjson.loads(r.body) if r.body else {}
+        except ValueError:
+            doc = {}
+        # v1 answers {"name", "ready": bool}; v2 200 = ready (KServe's server adds {"ready": bool} too)
+        flag = doc.get("ready", self.protocol == "kserve-v2") if isinstance(doc, dict) else False
+        ready = r.status == 200 and flag is True
+        return {"ready": ready, "kserve": f"{path}: HTTP {r.status}"}
 
     async def ping(self) -> UpstreamReply:
         return await self._call("_health", "GET", f"{self.base_url}/ping", headers=self._headers(token=self.token),
