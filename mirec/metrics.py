@@ -128,6 +128,45 @@ def routing_entropy(aux: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return float(h[ok].mean()) if ok.any() else float("nan"), float(np.nanmean(norm[ok])) if ok.any() else float("nan")
 
 
+# ---- interest separation and latent interests (GemiRec's AMR@N / CUR@N; the seed does not define them, so:) ----
+def interest_separation(interest_lists: np.ndarray) -> float:
+    """AMR@N (our definition): 1 − the mean over interest pairs k < k' of |R_k ∩ R_k'| / N, R_k = interest k's own
+    top-N items ([K, N] item ids, −1 = none). 1 = the K interests retrieve disjoint lists, 0 = identical lists
+    (collapse); nan for K = 1."""
+    R = [set(int(x) for x in r if x >= 0) for r in np.asarray(interest_lists)]
+    k, n = len(R), np.asarray(interest_lists).shape[-1]
+    if k < 2 or n == 0:
+        return float("nan")
+    ov = [len(R[a] & R[b]) / n for a in range(k) for b in range(a + 1, k)]
+    return float(1.0 - np.mean(ov))
+
+
+def latent_interest_recall(rec: np.ndarray, targets: np.ndarray, history: np.ndarray, item_category: np.ndarray,
+                           n: int) -> float | None:
+    """CUR@N: Recall@N restricted to the targets whose category never occurs in the input history (interests
+    absent from the history); None when the user has no such target (left out of the mean)."""
+    t = np.unique(np.asarray(targets, np.int64))
+    seen = np.unique(item_category[np.asarray(history, np.int64)])
+    new = t[~np.isin(item_category[t], seen)]
+    if len(new) == 0:
+        return None
+    return float(np.isin(np.asarray(rec, np.int64)[:n], new).sum() / len(new))
+
+
+def nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised mutual information of two labelings, I(a; b) / sqrt(H(a) H(b)) (1 = same partition up to
+    renaming, 0 = independent; 0 when either is constant)."""
+    a, b = np.unique(np.asarray(a), return_inverse=True)[1], np.unique(np.asarray(b), return_inverse=True)[1]
+    joint = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(joint, (a, b), 1)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum())
+    ha, hb = entropy(pa), entropy(pb)
+    return float(mi / np.sqrt(ha * hb)) if ha > 0 and hb > 0 else 0.0
+
+
 # ---- history popularity (input drift: "histories filled with popular items"; see mirec.monitoring.popularity) ----
 HEAD_FRACTION = 0.1
 

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from mirec.config import StrictModel
 from mirec.data import Dataset
 from mirec.models import ModelConfig, MultiInterestModel, build
+from mirec.checkpoint import load_model, save_checkpoint  # noqa: F401  (re-exported)
 
 MODEL_FILE, MODEL_CONFIG, TRAIN_CONFIG, LAST_FILE = "model.pt", "model_config.json", "train_config.json", "last.pt"
 LOG_FILE, CURVE_FILE = "metrics.jsonl", "training_curve.png"
@@ -103,15 +104,8 @@ class TrainResult:
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
-def save_checkpoint(model: MultiInterestModel, out_dir: str | Path, items_src: Path | None = None) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(sd, out_dir / MODEL_FILE)
-    (out_dir / MODEL_CONFIG).write_text(model.cfg.model_dump_json(indent=2))
-    if items_src is not None and items_src.exists() and not (out_dir / "items.parquet").exists():
-        shutil.copy(items_src, out_dir / "items.parquet")
-    return out_dir
+# save_checkpoint / load_model live in mirec.checkpoint (below retrieval and evaluation, which read
+# checkpoints too); re-exported here.
 
 
 CALIBRATION_FILE = "d_u_calibration.json"
@@ -131,15 +125,6 @@ def write_diversity_calibration(checkpoint_dir: str | Path, ds: Dataset, target_
     save_calibration(fit_calibration_for(rec, ds, target_mean=target_mean, alpha=alpha), path)
     return path
 
-
-def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultiInterestModel, ModelConfig]:
-    d = Path(checkpoint_dir)
-    raw = json.loads((d / MODEL_CONFIG).read_text())
-    raw.setdefault("similarity", "dot")  # checkpoints written before `similarity` existed scored by inner product
-    cfg = ModelConfig.model_validate(raw)
-    model = build(cfg)
-    model.load_state_dict(torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True))
-    return model.to(device).eval(), cfg
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -300,6 +285,10 @@ class LossModule(nn.Module):
         if self.history_negatives:
             cols.append(own(E(seq)))  # [B, L]  the example's own history
             ids.append(seq.masked_fill(~mask, -1))  # padding masked like an accidental hit
+        terms = m.training_terms()  # model-specific loss terms (MultiInterestModel.training_terms)
+        if terms.get("extra_negatives") is not None:  # more negatives of the positive (GemiRec: negative interests)
+            cols.append(terms["extra_negatives"])  # [B, M'] score space; id 0 = never a hit, no log-Q
+            ids.append(torch.zeros(terms["extra_negatives"].shape, dtype=torch.long, device=tgt.device))
         logits = torch.cat(cols, 1).float() * scale  # [B, 1 + ...]
         ids = torch.cat(ids, 1)
         if cfg.logq:
@@ -317,7 +306,8 @@ class LossModule(nn.Module):
         rr = torch.zeros((), device=logits.device)
         if cfg.remi_rr_weight > 0 and m.aux is not None:
             rr = cfg.remi_rr_weight * routing_regularization(m.aux.float(), mask, m.cfg.dim)
-        return ce + rr, ce.detach(), rr.detach()
+        rr = rr + sum(terms.get("losses", {}).values(), torch.zeros((), device=logits.device))
+        return terms.get("retrieval_weight", 1.0) * ce + rr, ce.detach(), rr.detach()
 
 
 def make_optimizer(params, cfg: TrainConfig, steps_per_epoch: int):
@@ -392,9 +382,11 @@ def validate(model: MultiInterestModel, ds: Dataset, max_users: int | None) -> d
 
 def train(dataset: str | Path | Dataset, model_cfg: ModelConfig, train_cfg: TrainConfig | None = None,
           out_dir: str | Path = "artifacts/models/model", progress: bool = True, resume: bool = False,
-          on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
+          on_eval: Callable[[int, dict], None] | None = None, examples: Examples | None = None) -> TrainResult:
     """Train `model_cfg` on the prepared dataset (a directory or a loaded `Dataset`, e.g. one re-split with
     another seed); best (validation Recall@50) weights -> out_dir/model.pt.
+    examples: the training examples when they come from elsewhere than the dataset's own sequences (the Feast
+    point-in-time frame: mirec.examples.FrameExamples); the dataset still gives the catalogue and validation.
     on_eval(epoch, validation metrics) is called after each validation on rank 0; an exception it raises
     (e.g. optuna.TrialPruned) ends training and propagates.
     Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes files."""
@@ -407,8 +399,9 @@ def train(dataset: str | Path | Dataset, model_cfg: ModelConfig, train_cfg: Trai
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = build(mcfg).to(dev)
+    model.attach_data(ds)  # catalogue metadata a model keeps with its weights (MultiInterestModel.attach_data)
     mcfg = model.cfg
-    ex = Examples(ds.train_sequences(), mcfg.max_len)
+    ex = examples if examples is not None else Examples(ds.train_sequences(), mcfg.max_len)
     repeat_rate = ex.repeat_rate()
     hist_neg = cfg.history_negatives == "on" or (cfg.history_negatives == "auto" and repeat_rate < 0.01)
     loss_mod = LossModule(model, cfg, ex.target_freq, history_negatives=hist_neg).to(dev)
@@ -443,9 +436,14 @@ def train(dataset: str | Path | Dataset, model_cfg: ModelConfig, train_cfg: Trai
             (out / f).unlink(missing_ok=True)
     t_start = time.perf_counter()
     t_train, n_seen, stop, stopped_by = 0.0, 0, False, "epochs"
+    prev_stage = st.get("stage") if resume and (out / LAST_FILE).exists() else None
     ran_epochs = 0
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        stage = model.begin_epoch(epoch)  # a staged model (GemiRec) switches its stage here
+        if prev_stage is not None and stage != prev_stage:  # a new stage: early stopping starts over
+            best, bad = -1.0, 0
+        prev_stage = stage
         rng = np.random.default_rng([cfg.seed, epoch])  # same order on every rank and on resume
         batches = ex.batches(cfg.batch_size, rng, cfg.samples_per_epoch, per_user=cfg.sampling == "users")
         per_rank = len(batches) // world
@@ -482,6 +480,8 @@ def train(dataset: str | Path | Dataset, model_cfg: ModelConfig, train_cfg: Trai
                "rr_loss": tot_rr / max(nb, 1), "epoch_s": time.perf_counter() - t0, "lr": sched.get_last_lr()[0]}
         if loss_mod.cosine:
             rec["temperature"] = loss_mod.temperature
+        if stage is not None:
+            rec["stage"] = stage
         do_eval = (epoch + 1) % cfg.eval_every == 0 or stop or epoch + 1 == cfg.epochs
         flag = [False]
         rng_state = torch.get_rng_state()
@@ -505,7 +505,7 @@ def train(dataset: str | Path | Dataset, model_cfg: ModelConfig, train_cfg: Trai
                 f.write(json.dumps(rec) + "\n")
             torch.save({"model": model.state_dict(), "loss": loss_mod.state_dict(), "opt": opt.state_dict(),
                         "sched": sched.state_dict(), "epoch": epoch, "step": step, "best": best,
-                        "best_epoch": best_epoch, "bad": bad, "rng": rng_state}, out / LAST_FILE)
+                        "best_epoch": best_epoch, "bad": bad, "rng": rng_state, "stage": stage}, out / LAST_FILE)
             if progress:
                 tqdm.write(f"{mcfg.name} epoch {epoch + 1}: loss {rec['loss']:.4f}"
                            + (f"  valid R@50 {rec['val_recall@50']:.4f}" if "val_recall@50" in rec else ""))
@@ -535,10 +535,5 @@ def train(dataset: str | Path | Dataset, model_cfg: ModelConfig, train_cfg: Trai
         dist.barrier()
     return TrainResult(out, metrics, model)
 
-
-if __name__ == "__main__":  # `torchrun --nproc_per_node 2 -m mirec.train --data D --model mind --out O`
-    import typer
-
-    from mirec.cli.models import train_cmd
-
-    typer.run(train_cmd)
+# Distributed: `torchrun --nproc_per_node 2 -m mirec.cli train --data D --model mind --out O` (the CLI lives above
+# this module; mirec.train imports nothing from it).

@@ -4,7 +4,7 @@
     model = build(ModelConfig(name="mind", n_items=N, K=4))
 """
 
-from mirec.models import comirec_dr, comirec_sa, mind, sasrec, single  # noqa: F401  (registration)
+from mirec.models import comirec_dr, comirec_sa, gemirec, hmisr, mind, sasrec, single  # noqa: F401  (registration)
 from mirec.models.base import (ModelConfig, MultiInterestModel, available_models, build, pad_histories, register_model,
                                squash)
 from mirec.models.baselines import BASELINES, Baseline, ItemKNN, Popularity, fit_baseline

@@ -52,6 +52,9 @@ class ModelConfig(StrictModel):
     n_layers: int = Field(2, ge=1)  # SASRec
     n_heads: int = Field(1, ge=1)  # SASRec
     dropout: float = Field(0.0, ge=0, lt=1)  # SASRec / YoutubeDNN (0 = off)
+    #: settings only one model reads, validated by that model's own options class (e.g. GemiRec's dictionary
+    #: sizes and stage schedule, `mirec.models.gemirec.GemiRecOptions`); {} = the model's defaults
+    options: dict = Field(default_factory=dict)
 
 
 _REGISTRY: dict[str, type["MultiInterestModel"]] = {}
@@ -142,6 +145,26 @@ class MultiInterestModel(nn.Module):
         if self.head is not None:
             v = v + self.head(v)
         return self.to_score_space(v)
+
+    # ---- training hooks (mirec.train calls these; the defaults change nothing) ----------------------------
+    def begin_epoch(self, epoch: int) -> str | None:
+        """Called before every training epoch (0-based). A staged model switches its stage here and returns
+        the stage's name; when the name changes, early stopping starts over (the kept checkpoint comes from
+        the latest stage). None = no stages."""
+        return None
+
+    def training_terms(self) -> dict:
+        """After a training forward: model-specific terms of the loss, read by mirec.train.LossModule.
+        {"retrieval_weight": w (× the sampled-softmax loss, default 1), "extra_negatives": [B, M] scores
+        (score space, like u·v) of further negatives of each example's positive, added as columns of the same
+        softmax, "losses": {name: weighted scalar loss added to the total}}. {} = nothing extra."""
+        return {}
+
+    def attach_data(self, dataset) -> None:
+        """Called once by mirec.train before training with the training `Dataset`: a model that needs catalogue
+        metadata (HMISR: item categories and the long-tail flag, kept in buffers so they travel with the
+        weights) reads it here. Default: nothing."""
+        return None
 
     def forward(self, item_seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                 scale: float | torch.Tensor = 1.0):

@@ -55,6 +55,9 @@ class AggregationContext:
     item_popularity: np.ndarray | None = None  # [N]
     diversity: float | None = None  # per-request knob (controllable lambda)
     params: dict = field(default_factory=dict)  # aggregator settings from config
+    #: the model's own diversity preference for this user (HMISR's d_u), the raw score of a calibration
+    #: fitted on it (DiversityCalibration.source == "model"); None = the model has none
+    model_diversity: float | None = None
 
 
 Aggregator = Callable[[np.ndarray, np.ndarray, AggregationContext], list[Recommendation]]

@@ -140,6 +140,9 @@ class DiversityCalibration:
     head_share: float = DEFAULT_HEAD_SHARE
     n_categories: int | None = None
     target_mean: float | None = None  # what beta was fitted for (informational)
+    #: what r is: "features" = the weighted history/interest features above; "model" = the model's own
+    #: per-user preference (ctx.model_diversity, e.g. HMISR's learned d_u), used when the request has it
+    source: str = "features"
 
     def apply(self, raw) -> np.ndarray | float:
         """Raw score(s) -> d_u. A NaN raw score (no usable history) gets σ(beta), the population-centre value."""
@@ -197,6 +200,8 @@ def user_diversity(ctx: "AggregationContext") -> float:
     ctx.params['d_u_features'] (a list) restricts which features are used."""
     params = ctx.params or {}
     cal = DiversityCalibration.from_dict(params.get("d_u_calibration"))
+    if cal.source == "model" and ctx.model_diversity is not None:
+        return float(cal.apply(ctx.model_diversity))
     weights = cal.weights
     if params.get("d_u_features") is not None:
         weights = {k: v for k, v in weights.items() if k in set(params["d_u_features"])}
@@ -254,9 +259,14 @@ def fit_calibration_for(recommender, dataset, target_mean: float = 0.3, alpha: f
     model's interests and routing/attention mass, exactly as the aggregator sees them at serving)."""
     seqs = list(dataset.train_sequences().values())[:max_users]
     interests = weights = None
-    if use_spread and getattr(recommender, "is_neural", False):
-        v, aux = recommender.encode(seqs)
-        interests, weights = list(v), [a.sum(-1) for a in aux]
+    if getattr(recommender, "is_neural", False):
+        extras: dict = {}
+        v, aux = recommender.encode(seqs, extras)
+        if "user_diversity" in extras:  # the model has its own d_u (HMISR): calibrate that
+            cal = DiversityCalibration(source="model", n_categories=_n_categories(dataset.item_category))
+            return cal.fit(extras["user_diversity"], target_mean, alpha)
+        if use_spread:
+            interests, weights = list(v), [a.sum(-1) for a in aux]
     return fit_calibration(seqs, dataset.item_category, dataset.item_popularity, target_mean, alpha,
                            interests=interests, interest_weights=weights)
 
