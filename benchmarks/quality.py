@@ -53,13 +53,19 @@ VARIANTS = {
     "sampled": ({"selection": "sampled"}, {}),  # BaM soft selection
     "max": ({"selection": "max"}, {}),  # every candidate scored by its best interest
     "hard": ({"selection": "hard"}, {}),
+    "labelaware": ({"selection": "label_aware"}, {}),  # MIND's label-aware attention (its default until max)
     "head": ({"interest_head": "mlp"}, {}),
     "nohead": ({"interest_head": "none"}, {}),
+    # HMISR ablations (ModelConfig.options = mirec.models.hmisr.HMISROptions)
+    "nolevel2": ({"options": {"level2": False}}, {}),  # coarse interests only (+ the MLP head)
+    "fixedk": ({"options": {"adaptive_k": False}}, {}),  # every interest on, no gate / sparsity cost
+    "strongortho": ({"options": {"lambda_basis": 0.1, "lambda_margin": 0.1, "margin": 0.0}}, {}),  # λ 0.1, no margin
 }
 METRICS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "diversity@50", "ild@50",
            "coverage@50", "gini@50", "interest_cos", "effective_interests", "single_interest_share",
            "routing_entropy_norm", "interest_category_recall", "interest_category_recall_multi", "interest_purity",
-           "best_epoch", "epochs_run", "train_time_s", "samples_per_s"]
+           "best_epoch", "epochs_run", "train_time_s", "samples_per_s",
+           "amr@50", "cur@50", "code_usage_l1", "code_usage_l2", "code_usage_l3", "code_usage_l4", "code_nmi_l1"]
 TABLE = ["recall@50", "ndcg@50", "hitrate@50", "recall@20", "diversity@50", "interest_cos", "effective_interests",
          "routing_entropy_norm", "interest_category_recall", "best_epoch", "train_time_s", "samples_per_s"]
 

@@ -80,12 +80,12 @@ def test_selection_hard_and_label_aware():
     e = torch.tensor([[1.0, 0.2]])  # scores 1.0, 0.4
     m = _model("comirec_sa", selection="hard")
     torch.testing.assert_close(m.select(V, e), V[:, 0])
-    assert _model("comirec_sa").selection == "max" and _model("mind").selection == "label_aware"  # defaults
+    assert _model("comirec_sa").selection == "max" and _model("mind").selection == "max"  # defaults
     torch.testing.assert_close(_model("comirec_sa").select(V, e), V[:, 0])  # max: the positive's best interest
-    mind = _model("mind", pow_p=1.0)
+    mind = _model("mind", pow_p=1.0, selection="label_aware")
     a = torch.softmax(torch.tensor([1.0, 0.4]), 0)
     torch.testing.assert_close(mind.select(V, e), (a[:, None] * V[0]).sum(0, keepdim=True))
-    hard_ish = _model("mind", pow_p=60.0)  # large p approaches the hard max
+    hard_ish = _model("mind", pow_p=60.0, selection="label_aware")  # large p approaches the hard max
     torch.testing.assert_close(hard_ish.select(V * 2, e), V[:, 0] * 2, atol=1e-3, rtol=0)
 
 
