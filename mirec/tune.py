@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -41,6 +40,7 @@ from pydantic import Field, model_validator
 
 from mirec.config import StrictModel, load_yaml_sections, validate_config
 from mirec.errors import ConfigError, MirecError
+from mirec.stepio import fresh_dir
 
 BEST_CONFIG, STUDY_JSON, STUDY_PLOT, STUDY_DB, TRIALS_DIR = "best_config.yaml", "study.json", "study.png", "study.db", "trials"
 #: metric names as Katib's StdOut metrics collector parses them (its default filter: ([\w|-]+)\s*=\s*number)
@@ -835,12 +835,7 @@ def tune_step(dataset_dir: str | Path, out_dir: str | Path, model_config: dict, 
     from mirec import steps
 
     cfg = validate_config(TuningStep, dict(tuning or {}))  # kfp hands ints over as whole floats: pydantic takes them
-    out = Path(out_dir)
-    if out.is_file() or out.is_symlink():
-        out.unlink()
-    elif out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_dir(out_dir)
     t0 = time.perf_counter()
     if not cfg.enabled:
         info = {"status": "skipped", "enabled": False, "model_config": dict(model_config or {}),

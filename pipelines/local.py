@@ -52,6 +52,21 @@ def compile_pipeline(module: str = "training_pipeline", out: str | Path | None =
     return out
 
 
+def create_recurring_run(module: str, host: str, experiment: str, cron: str, params: dict | None = None,
+                         package: str | Path | None = None):  # pragma: no cover (needs a Kubeflow Pipelines host)
+    """Schedule a compiled pipeline (pipelines/compiled/<module>.yaml) on a Kubeflow Pipelines host (kfp.Client):
+    one run at a time, no catch-up of missed slots."""
+    import kfp
+
+    mod = importlib.import_module(f"pipelines.{module}")
+    client = kfp.Client(host=host)
+    exp = client.create_experiment(experiment)
+    return client.create_recurring_run(experiment_id=exp.experiment_id, job_name=mod.PIPELINE_NAME,
+                                       cron_expression=cron,
+                                       pipeline_package_path=str(package or COMPILED_DIR / f"{module}.yaml"),
+                                       params=params or {}, max_concurrency=1, no_catchup=True)
+
+
 def _runner_env() -> None:
     # the local runner starts `python3 ...`: make it this interpreter (the venv holding mirec)
     bindir = str(Path(sys.executable).parent)

@@ -64,24 +64,17 @@ PIPELINE = monitoring_pipeline
 
 
 def compile(out: str | Path = COMPILED) -> Path:
-    from kfp import compiler
+    from pipelines.local import compile_pipeline
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(monitoring_pipeline, str(out))
-    return out
+    return compile_pipeline("monitoring_pipeline", out)
 
 
 def create_recurring_run(host: str, experiment: str = "mirec-monitoring", cron: str = "0 5 * * * *",
                          params: dict | None = None, package: str | Path = COMPILED):  # pragma: no cover (cluster)
-    """Schedule the compiled pipeline on a Kubeflow Pipelines host (kfp.Client)."""
-    import kfp
+    """Schedule the compiled pipeline on a Kubeflow Pipelines host (pipelines.local.create_recurring_run)."""
+    from pipelines.local import create_recurring_run as schedule
 
-    client = kfp.Client(host=host)
-    exp = client.create_experiment(experiment)
-    return client.create_recurring_run(experiment_id=exp.experiment_id, job_name=PIPELINE_NAME,
-                                       cron_expression=cron, pipeline_package_path=str(package),
-                                       params=params or {}, max_concurrency=1, no_catchup=True)
+    return schedule("monitoring_pipeline", host, experiment, cron, params, package)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Tests that need one skip with the reason when it cannot be started here (`S3Serv
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 
 def free_port() -> int:
@@ -95,6 +98,22 @@ class S3Server:
 
         boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.ACCESS_KEY,
                      aws_secret_access_key=self.SECRET_KEY, region_name="us-east-1").create_bucket(Bucket=name)
+
+    @classmethod
+    @contextlib.contextmanager
+    def with_bucket(cls, workdir: Path, bucket: str):
+        """Started, with `bucket` made and the credentials/endpoint in os.environ (as the pipeline's and the
+        chart's Secrets put them); stopped and the environment restored on exit."""
+        srv = cls(workdir).start()
+        mp = pytest.MonkeyPatch()
+        try:
+            srv.make_bucket(bucket)
+            for k, v in srv.env.items():
+                mp.setenv(k, v)
+            yield srv
+        finally:
+            mp.undo()
+            srv.stop()
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -46,14 +46,8 @@ def s3(tmp_path_factory):
     if S3Server.available():
         yield None  # the release goes to a file:// store instead; the S3-only test skips
         return
-    srv = S3Server(tmp_path_factory.mktemp("moto")).start()
-    srv.make_bucket(BUCKET)
-    mp = pytest.MonkeyPatch()
-    for k, v in srv.env.items():
-        mp.setenv(k, v)
-    yield srv
-    mp.undo()
-    srv.stop()
+    with S3Server.with_bucket(tmp_path_factory.mktemp("moto"), BUCKET) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -42,14 +42,8 @@ def s3(tmp_path_factory):
     why = S3Server.available()
     if why:
         pytest.skip(why)
-    srv = S3Server(tmp_path_factory.mktemp("moto")).start()
-    srv.make_bucket(BUCKET)
-    mp = pytest.MonkeyPatch()
-    for k, v in srv.env.items():
-        mp.setenv(k, v)
-    yield srv
-    mp.undo()
-    srv.stop()
+    with S3Server.with_bucket(tmp_path_factory.mktemp("moto"), BUCKET) as srv:
+        yield srv
 
 
 def _stores(tmp_path: Path, s3: S3Server | None) -> str:
