@@ -190,3 +190,29 @@ def history_popularity(history_idx: np.ndarray, popularity: np.ndarray, head: np
     pop = np.asarray(popularity, np.float64)
     head = head_mask(pop) if head is None else head
     return {"head_share": round(float(head[h].mean()), 6), "mean_log_pop": round(float(np.log1p(pop[h]).mean()), 6)}
+
+
+# ---- long tail (the d_u feature "long_tail" in mirec.retrieval.diversity; HMISR's training data hook) ----
+DEFAULT_HEAD_SHARE = 0.8
+# identity-checked, so that serving does not redo O(N) catalogue work per request
+_TAIL_CACHE: list[tuple[np.ndarray, float, np.ndarray]] = []
+
+
+def long_tail_mask(popularity: np.ndarray, head_share: float = DEFAULT_HEAD_SHARE) -> np.ndarray:
+    """bool[N]: True for long-tail items = outside the smallest set of most popular items that
+    together hold `head_share` of all interactions (ties at the boundary count as head)."""
+    for arr, hs, mask in _TAIL_CACHE:
+        if arr is popularity and hs == head_share:
+            return mask
+    pop = np.asarray(popularity, dtype=np.float64)
+    total = pop.sum()
+    if total <= 0:
+        mask = np.zeros(pop.shape, dtype=bool)
+    else:
+        srt = np.sort(pop)[::-1]
+        cut = int(np.searchsorted(np.cumsum(srt), head_share * total))  # index of the last head item
+        threshold = srt[min(cut, len(srt) - 1)]
+        mask = pop < threshold
+    _TAIL_CACHE.insert(0, (popularity, head_share, mask))
+    del _TAIL_CACHE[4:]
+    return mask

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from mirec.config import StrictModel
+from mirec.metrics import long_tail_mask
 from mirec.models.base import ModelConfig, MultiInterestModel, masked_softmax, pos_ids, register_model
 
 EPS = 1e-9
@@ -206,9 +207,7 @@ class HMISR(MultiInterestModel):
     # ---- data hook -----------------------------------------------------------------------------------------
     def attach_data(self, dataset) -> None:
         """Item categories and the long-tail flag (outside the items holding 80% of the interactions, as
-        mirec.retrieval.diversity) from the training Dataset."""
-        from mirec.retrieval.diversity import long_tail_mask
-
+        mirec.metrics.long_tail_mask) from the training Dataset."""
         cat = np.asarray(dataset.item_category, np.int64)
         tail = long_tail_mask(np.asarray(dataset.item_popularity, np.float64)).astype(np.float32)
         with torch.no_grad():

@@ -32,36 +32,16 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
+from mirec.metrics import DEFAULT_HEAD_SHARE, long_tail_mask  # noqa: F401  (re-exported; below the models too)
+
 if TYPE_CHECKING:  # pragma: no cover
     from mirec.retrieval.aggregators import AggregationContext
 
 FEATURES = ("entropy", "switch", "long_tail", "spread")
 DEFAULT_WEIGHTS: dict[str, float] = {"entropy": 0.35, "switch": 0.35, "long_tail": 0.1, "spread": 0.2}
-DEFAULT_HEAD_SHARE = 0.8
 
 # Small identity-checked caches so that serving does not redo O(N) catalogue work per request.
-_TAIL_CACHE: list[tuple[np.ndarray, float, np.ndarray]] = []
 _NCAT_CACHE: list[tuple[np.ndarray, int]] = []
-
-
-def long_tail_mask(popularity: np.ndarray, head_share: float = DEFAULT_HEAD_SHARE) -> np.ndarray:
-    """bool[N]: True for long-tail items = outside the smallest set of most popular items that
-    together hold `head_share` of all interactions (ties at the boundary count as head)."""
-    for arr, hs, mask in _TAIL_CACHE:
-        if arr is popularity and hs == head_share:
-            return mask
-    pop = np.asarray(popularity, dtype=np.float64)
-    total = pop.sum()
-    if total <= 0:
-        mask = np.zeros(pop.shape, dtype=bool)
-    else:
-        srt = np.sort(pop)[::-1]
-        cut = int(np.searchsorted(np.cumsum(srt), head_share * total))  # index of the last head item
-        threshold = srt[min(cut, len(srt) - 1)]
-        mask = pop < threshold
-    _TAIL_CACHE.insert(0, (popularity, head_share, mask))
-    del _TAIL_CACHE[4:]
-    return mask
 
 
 def _n_categories(item_category: np.ndarray) -> int:
