@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from mirec import metrics as M
 from mirec.models import ModelConfig, build, pad_histories
-from mirec.models.gemirec import GemiRecOptions, kmeans, select_codes
+from mirec.models.gemirec import GemiRecOptions, auto_codebook_sizes, kmeans, select_codes
 
 SMALL = {"codebook_sizes": [4, 3, 2], "code_dim": 4, "gpt_layers": 1, "gpt_heads": 2, "gpt_dim": 8,
          "hard_interests": 2, "easy_interests": 3,
@@ -101,8 +101,9 @@ def test_kmeans_init_uses_the_codes_random_init_does_not():
 
 
 # ---- stages -------------------------------------------------------------------------------------------
-def test_stage_schedule_switches_losses_and_builds_the_dictionary_once():
-    m = _model().train()
+@pytest.mark.parametrize("mirm_codes", ["target", "predicted"])
+def test_stage_schedule_switches_losses_and_builds_the_dictionary_once(mirm_codes):
+    m = _model(mirm_codes=mirm_codes).train()
     seq, mask = pad_histories([np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8])], 12)
     tgt = torch.tensor([10, 11])
     assert [m.stage_at(e) for e in range(4)] == ["mirm", "idmm", "joint", "joint"]
@@ -118,16 +119,118 @@ def test_stage_schedule_switches_losses_and_builds_the_dictionary_once():
     assert t["retrieval_weight"] == 0 and float(t["losses"]["idmm"]) > 0 and float(t["losses"]["mipdm"]) > 0
     assert m.begin_epoch(2) == "joint"
     torch.testing.assert_close(m.codebooks[0].detach(), book)  # k-means ran once, not again on entering joint
-    user, _ = m(seq, mask, tgt)
+    user, interests = m(seq, mask, tgt)
     t = m.training_terms()
     o = GemiRecOptions.model_validate(SMALL)
-    assert t["retrieval_weight"] == 1 and t["extra_negatives"].shape == (2, o.hard_interests + 1 + o.easy_interests)
-    # the positive's own code (m*) is never its own negative interest
     m_star = m.flat(m.quantise(m.enc(m.to_score_space(m.item_emb(tgt))))[0])
     logits = m.code_logits(seq, mask)
-    hard = logits.topk(o.hard_interests + 1, -1).indices
-    assert torch.all(torch.isinf(t["extra_negatives"][:, : o.hard_interests + 1]) == (hard == m_star[:, None]))
+    if mirm_codes == "target":  # one interest, fused from the target's own code
+        taken = m_star[:, None]
+        assert interests.shape == (2, 1, 8) and torch.equal(m.codes, taken)
+    else:  # the K codes the example would be served with (ε rule), the positive scored by its best interest
+        taken = torch.cat([select_codes(logits, m.sizes, m.K, o.epsilon), m_star[:, None]], 1)
+        assert interests.shape == (2, m.K, 8) and torch.equal(m.codes, taken[:, :-1])
+    n_hard = o.hard_interests + taken.shape[1]
+    assert t["retrieval_weight"] == 1 and t["extra_negatives"].shape == (2, n_hard + o.easy_interests)
+    # the positive's own code (m*) and the served codes are never negative interests
+    hard = logits.topk(n_hard, -1).indices
+    assert torch.all(torch.isinf(t["extra_negatives"][:, :n_hard]) == (hard[:, :, None] == taken[:, None]).any(-1))
     assert int(m.stage_id) == 2  # the stage travels with the weights (serving uses codes)
+
+
+def test_auto_codebook_sizes_scale_the_papers_shape_to_the_catalogue():
+    assert auto_codebook_sizes(524_288) == [32, 16, 8, 4]  # the paper's dictionary = the rule at 32 items per code
+    assert auto_codebook_sizes(3871) == [8, 4, 2, 2]  # the synthetic catalogue: 128 codes, ~30 items each
+    for n in (10, 400, 3871, 9000, 100_000, 2_000_000):
+        for C in (1, 2, 4):
+            sz = auto_codebook_sizes(n, C)
+            assert len(sz) == C and sz == sorted(sz, reverse=True) and min(sz) >= 2
+            target = max(n / 32, 2 ** C)
+            assert 0.5 <= np.prod(sz) / target <= 2 or min(sz) == 2 and np.prod(sz) <= 2 * target, (n, C, sz)
+    m = _model(n=3871, codebook_sizes="auto")
+    assert m.sizes == [8, 4, 2, 2] and m.n_codes == 128 and m.gpt_head.out_features == 128
+    assert m.cfg.options["codebook_sizes"] == [8, 4, 2, 2]  # what the checkpoint's model_config.json records
+    assert _model(n=3871, codebook_sizes=[32, 16, 8, 4]).n_codes == 16_384  # the paper's sizes stay available
+    assert GemiRecOptions().codebook_sizes == "auto" and GemiRecOptions().mirm_codes == "predicted"
+
+
+def test_fused_interests_start_as_the_user_tower():
+    """fusion_zero_init: u_m = u + MLP(concat(e_m, u)) with the MLP's last layer 0, so that entering the joint
+    stage no interest is worse than the tower alone; the MLP still learns (its last layer has a gradient)."""
+    m = _model(mirm_codes="predicted").train()
+    m.begin_epoch(2)
+    seq, mask = pad_histories([np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8])], 12)
+    user, interests = m(seq, mask, torch.tensor([10, 11]))
+    u = m.to_score_space(m.user_vector(seq, mask))
+    torch.testing.assert_close(interests, u[:, None].expand_as(interests))
+    torch.testing.assert_close(user, u)
+    (user.sum() + interests.sum()).backward()
+    assert m.fusion[-1].weight.grad.abs().sum() > 0
+    assert torch.all(_model(fusion_zero_init=False).fusion[-1].weight != 0)
+    # after a mirm stage (e = 0) that trained the MLP, the codes still enter with no effect: every interest of the
+    # joint stage's first step = the tower trained so far, u + MLP(concat(0, u)); the weights on e then learn
+    m = _model(mirm_codes="predicted").train()
+    m.begin_epoch(0)
+    q = 3 * 4  # C · d_q of SMALL
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    for _ in range(3):
+        user, _ = m(seq, mask, torch.tensor([10, 11]))
+        opt.zero_grad(), (-user.sum()).backward(), opt.step()
+    assert torch.all(m.fusion[0].weight[:, :q] == 0) and m.fusion[-1].weight.abs().sum() > 0
+    tower, _ = m(seq, mask, torch.tensor([10, 11]))  # stage mirm: u + MLP(concat(0, u))
+    m.begin_epoch(2)
+    user, interests = m(seq, mask, torch.tensor([10, 11]))
+    torch.testing.assert_close(interests, tower[:, None].expand_as(interests))
+    user.sum().backward()
+    assert m.fusion[0].weight.grad[:, :q].abs().sum() > 0
+
+
+def test_predicted_codes_training_path_scores_with_the_best_interest():
+    from mirec.train import LossModule, TrainConfig
+
+    m = _model(mirm_codes="predicted", mipdm_batch=3).train()
+    m.begin_epoch(2)
+    with torch.no_grad():  # interests that differ per code
+        m.fusion[-1].weight.normal_()
+    hist = [np.arange(1, 4 + i) for i in range(6)]
+    seq, mask = pad_histories(hist, 12)
+    tgt = torch.arange(10, 16)
+    user, interests = m(seq, mask, tgt)
+    assert m.selection == "max" and interests.shape == (6, 3, 8) and m.codes.shape == (6, 3)
+    # the codes of all 6 examples (3 through the GPT with gradient, 3 without) = the served ε-rule codes
+    torch.testing.assert_close(m.codes, select_codes(m.code_logits(seq, mask), m.sizes, m.K, m.opt.epsilon))
+    m.eval()
+    m.cache.size = 0
+    torch.testing.assert_close(m.serving_interests(seq, mask), interests)  # trained on what is served
+    m.train()
+    m(seq, mask, tgt)
+    v_t = m.to_score_space(m.item_emb(tgt))
+    best = torch.einsum("bkd,bd->bk", interests, v_t).argmax(1)
+    torch.testing.assert_close(user, interests[torch.arange(6), best])  # the positive: its best interest
+    lm = LossModule(m, TrainConfig(num_negatives=8), np.ones(40))
+    loss, ce, rr = lm(seq, mask, tgt, torch.randint(1, 41, (8,)))
+    loss.backward()
+    assert torch.isfinite(loss) and m.codebooks[0].grad is not None and m.fusion[0].weight.grad is not None
+    assert m.gpt_head.weight.grad is not None
+    assert _model(mirm_codes="target").selection == "hard"
+
+
+def test_training_forward_is_padding_invariant():
+    m = _model(mirm_codes="predicted").train()
+    m.begin_epoch(2)
+    with torch.no_grad():
+        m.fusion[-1].weight.normal_()
+    seq, mask = pad_histories([np.array([1, 5, 7, 9]), np.array([3, 3, 20, 30, 31, 2, 8])], 12)
+    tgt = torch.tensor([10, 11])
+    user, interests = m(seq, mask, tgt)
+    codes = m.codes.clone()
+    seq2 = torch.cat([seq, torch.randint(1, 41, (2, 5))], 1)
+    mask2 = torch.cat([mask, torch.zeros(2, 5, dtype=torch.bool)], 1)
+    seq2[0, 4:7] = torch.tensor([11, 12, 13])  # junk behind the mask
+    user2, interests2 = m(seq2, mask2, tgt)
+    assert torch.equal(m.codes, codes)
+    torch.testing.assert_close(interests2, interests, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(user2, user, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +367,8 @@ def test_packaged_service_equals_offline(tmp_path):
 
     model, cfg = tiny_model("gemirec")
     model.begin_epoch(10)  # joint: the dictionary is built and the served interests come from predicted codes
+    with torch.no_grad():  # the fusion starts at 0 (every interest = u); trained weights make them differ
+        model.fusion[-1].weight.normal_(std=0.3)
     model.eval()
     items = items_frame()
     # `mirec package`'s path; the name is also torch-model-archiver's scratch dir $TMPDIR/<name> (it deletes it)

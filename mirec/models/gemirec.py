@@ -1,6 +1,9 @@
 """GemiRec (Wu et al., 2025): interest quantisation (IDMM) + interest generation (MIPDM) + retrieval (MIRM).
 
-IDMM — a residual-quantised interest dictionary E* = E¹ × … × Eᶜ, Eᶜ [M_c, d_q] (default 32×16×8×4, d_q 16):
+IDMM — a residual-quantised interest dictionary E* = E¹ × … × Eᶜ, Eᶜ [M_c, d_q], d_q 16. Sizes: `codebook_sizes`
+  "auto" (default) = the paper's shape scaled to the catalogue (`auto_codebook_sizes`: C = 4 levels, each half the
+  one above, ΠM_c ≈ n_items / 32 joint codes, e.g. 8×4×2×2 = 128 for 3,871 items), or a list (the paper's
+  32×16×8×4 = 16,384, which is exactly the rule at 524,288 items):
   r_1 = enc(sg[v_i])                      v_i = the item's vector in score space       [n, d_q]
   m_c = argmin_j ‖r_c − Eᶜ_j‖²,  r_{c+1} = r_c − sg[Eᶜ_{m_c}]
   z_quan(v) = concat(E¹_{m_1}, …, Eᶜ_{m_C})                                            [n, C·d_q]
@@ -14,9 +17,17 @@ MIPDM — a GPT decoupled from the user tower (its own input projection of sg[it
   each batch, default 64 of 256: the GPT is most of a step's cost on CPU).
 MIRM — u = user tower (self-attentive pooling + MLP, ComiRec-SA's one-head encoder)                  [B, d]
   u_m = fusion(concat(e_m, u)) = u + MLP(concat(e_m, u)),  score(m, u, i) = cos(u_m, v_i)
-  L_MIRM = −log e^{s(m*, u, i)} / (e^{s(m*, u, i)} + Σ_{i' ∈ batch/uniform negatives} e^{s(m*, u, i')}
-                                   + Σ_{m' ∈ hard ∪ easy} e^{s(m', u, i)})
-  hard negative interests = MIPDM's top predicted codes, easy = uniformly random codes (m* itself masked).
+  (`fusion_zero_init`: the MLP's last layer and its weights on e_m start at 0, so every u_m starts as u and, when
+  the codes enter in the joint stage, as the tower the mirm stage trained: the codes can only add to it)
+  which codes m a training example is fused with (`mirm_codes`):
+  "predicted" (default): the K codes it would be served with, M̂ = ε-rule top K of sg[MIPDM logits] [B, K];
+      the positive and every item negative are scored by their best interest, max_{m ∈ M̂} s(m, u, i) (the
+      `max` selection, MultiInterestModel.select + mirec.train.LossModule), as the merge ranks at serving;
+  "target" (the paper): the target's own code m*, one interest [B, 1]. On a small catalogue m* names a
+      handful of items: MIRM learns code -> item, while serving has only predicted codes.
+  L_MIRM = −log e^{s⁺} / (e^{s⁺} + Σ_{i' ∈ batch/uniform negatives} e^{s(u, i')} + Σ_{m' ∈ hard ∪ easy} e^{s(m', u, i)})
+  s⁺ = s(m*, u, i) ("target") or max_{m ∈ M̂} s(m, u, i) ("predicted"); negative interests m': hard = MIPDM's
+  top codes, easy = uniformly random codes; m* and the served codes are never negatives (masked).
   The item negatives are the training loop's own (mirec.train.LossModule); the negative interests enter the
   same softmax through `training_terms()["extra_negatives"]`.
 Total λ1 L_IDMM + λ2 L_MIPDM + λ3 L_MIRM (0.2, 1, 1), in the stages of `options.stages` (default
@@ -25,7 +36,8 @@ Total λ1 L_IDMM + λ2 L_MIPDM + λ3 L_MIRM (0.2, 1, 1), in the stages of `optio
          so the k-means dictionary is built on meaningful vectors;
   idmm:  k-means init, then L_IDMM + L_MIPDM (the retrieval loss is off: item vectors and tower stay put);
   joint: all three. Under DDP every loss is computed in every stage (weight 0 when off), so that every
-         parameter is in every step's graph; on one process the mirm stage skips the unused work.
+         parameter is in every step's graph; on one process the mirm stage skips L_IDMM / L_MIPDM and the idmm
+         stage MIRM's interests (e = 0 there, as in mirm), the work whose weight is 0.
 Serving: the K (= cfg.K) most probable codes under MIPDM, at most ε (= 3) of them sharing a first-level code,
   give K interests u_{m_k}; each retrieves from the item index, the merge combines them. Codes are cached per
   history (`CodeCache`, cleared on every switch to training; `refresh()` empties it).
@@ -33,6 +45,7 @@ Serving: the K (= cfg.K) most probable codes under MIPDM, at most ε (= 3) of th
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Literal
 
@@ -56,9 +69,21 @@ class Stage(StrictModel):
 
 
 class GemiRecOptions(StrictModel):
-    """`ModelConfig.options` of GemiRec (defaults: the paper's, except `mipdm_batch`)."""
+    """`ModelConfig.options` of GemiRec (defaults: the paper's, except `codebook_sizes`, `mirm_codes`,
+    `fusion_zero_init` and `mipdm_batch`; docs/models.md, "GemiRec")."""
 
-    codebook_sizes: list[int] = Field(default_factory=lambda: [32, 16, 8, 4], min_length=1)  # M_c, C levels
+    #: M_c of the C levels: a list (the paper's [32, 16, 8, 4]) or "auto" = `auto_codebook_sizes(n_items,
+    #: auto_levels, auto_items_per_code)`, the paper's shape scaled to the catalogue
+    codebook_sizes: list[int] | Literal["auto"] = "auto"
+    auto_levels: int = Field(4, ge=1)  # C under "auto"
+    auto_items_per_code: float = Field(32, gt=0)  # "auto": ΠM_c ≈ n_items / auto_items_per_code
+    #: the codes a training example's interests are fused from: "predicted" = its K served codes (MIPDM's ε-rule
+    #: top K, detached; the positive scored by its best interest), "target" = the target item's own code m*
+    mirm_codes: Literal["predicted", "target"] = "predicted"
+    #: the fusion MLP's last layer and its weights on e_m start at 0: u_m = u at the start, and when the codes
+    #: enter (joint stage) every u_m is the tower trained so far, u + MLP(concat(0, u)): those weights only learn
+    #: once e_m ≠ 0
+    fusion_zero_init: bool = True
     code_dim: int = Field(16, ge=1)  # d_q
     beta: float = Field(0.25, ge=0)  # commitment
     lambda_idmm: float = Field(0.2, ge=0)
@@ -68,9 +93,10 @@ class GemiRecOptions(StrictModel):
     gpt_heads: int = Field(4, ge=1)
     gpt_dim: int = Field(16, ge=1)
     hard_interests: int = Field(4, ge=0)  # negative interests from MIPDM's top codes
-    #: examples of each training batch that go through the GPT (its CE loss and the hard negative interests come
-    #: from them; the other examples get easy negative interests only); None = all. A compute choice: the GPT is
-    #: ~2/3 of a step at 6 layers over 50 positions on CPU; the architecture is unchanged.
+    #: examples of each training batch that the GPT learns from (its CE loss); None = all. Under mirm_codes
+    #: "target" only they get hard negative interests (the others easy ones only); under "predicted" the others go
+    #: through the GPT without gradient for their codes. A compute choice: the GPT is ~2/3 of a step at 6 layers
+    #: over 50 positions on CPU; the architecture is unchanged.
     mipdm_batch: int | None = Field(64, ge=1)
     easy_interests: int = Field(16, ge=0)  # uniformly random negative codes
     epsilon: int = Field(3, ge=1)  # serving: at most ε of the K codes share a first-level code
@@ -80,6 +106,20 @@ class GemiRecOptions(StrictModel):
     stages: list[Stage] = Field(default_factory=lambda: [Stage(name="mirm", epochs=3), Stage(name="idmm", epochs=2),
                                                          Stage(name="joint")], min_length=1)
     cache_size: int = Field(100_000, ge=0)  # per-history code cache entries (0 = off)
+
+
+def auto_codebook_sizes(n_items: int, levels: int = 4, items_per_code: float = 32) -> list[int]:
+    """The paper's dictionary shape scaled to the catalogue: each level half the size of the one above,
+    M_c = max(2, round(M_1 / 2^(c−1))), with M_1 the one whose ΠM_c is nearest (in log) to
+    max(n_items / items_per_code, 2^levels) joint codes (so that a code names ~items_per_code items, not one).
+    The paper's 32×16×8×4 = 16,384 is this rule at 524,288 items; 3,871 items -> 8×4×2×2 = 128."""
+    target = max(n_items / items_per_code, 2.0 ** levels)
+
+    def shape(m1: int) -> list[int]:
+        return [max(2, round(m1 / 2 ** c)) for c in range(levels)]
+
+    best = min(range(2, int(target) + 3), key=lambda m1: (abs(math.log(math.prod(shape(m1)) / target)), m1))
+    return shape(best)
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
@@ -155,13 +195,18 @@ class CodeCache:
 
 @register_model("gemirec")
 class GemiRec(MultiInterestModel):
-    default_selection = "hard"  # unused: training conditions on the target's own code (m*)
+    default_selection = "max"  # mirm_codes "predicted": each item scored by its best interest ("target": hard)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         o = self.opt = GemiRecOptions.model_validate(cfg.options)
-        d, q, C = cfg.dim, o.code_dim, len(o.codebook_sizes)
-        self.sizes = list(o.codebook_sizes)
+        if o.mirm_codes == "target":  # one interest per example (the target's code): the selection is trivial
+            self.default_selection = "hard"
+        self.sizes = (auto_codebook_sizes(cfg.n_items, o.auto_levels, o.auto_items_per_code)
+                      if o.codebook_sizes == "auto" else list(o.codebook_sizes))
+        if o.codebook_sizes == "auto":  # the saved model_config.json names the sizes, whatever the rule becomes
+            self.cfg = cfg.model_copy(update={"options": {**cfg.options, "codebook_sizes": self.sizes}})
+        d, q, C = cfg.dim, o.code_dim, len(self.sizes)
         if cfg.K > self.sizes[0] * min(o.epsilon, int(np.prod(self.sizes[1:]))):
             raise ValueError(f"GemiRec: K = {cfg.K} codes cannot be served with at most ε = {o.epsilon} per "
                              f"first-level code out of {self.sizes[0]}")
@@ -188,6 +233,10 @@ class GemiRec(MultiInterestModel):
         self.gpt_head = nn.Linear(h, self.n_codes)
         # MIRM fusion
         self.fusion = nn.Sequential(nn.Linear(d + C * q, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
+        if o.fusion_zero_init:  # u_m = u at the start, and the codes enter with no effect:
+            with torch.no_grad():
+                self.fusion[0].weight[:, : C * q].zero_()  # weights on e: no gradient while e = 0 (mirm, idmm)
+                self.fusion[-1].weight.zero_(), self.fusion[-1].bias.zero_()
         self.register_buffer("stage_id", torch.tensor(0))  # index into STAGES; saved with the weights
         self.register_buffer("dict_ready", torch.tensor(False))  # codebooks initialised (k-means)
         self.cache = CodeCache(o.cache_size)
@@ -337,7 +386,8 @@ class GemiRec(MultiInterestModel):
         return u + self.user_mlp(u)  # [B, d]
 
     def fuse(self, e: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """u_m = u + MLP(concat(e_m, u)); e [.., C·q], u broadcast to e's leading shape -> [.., d]"""
+        """u_m = u + MLP(concat(e_m, u)); e [.., C·q], u broadcast to e's leading shape -> [.., d]
+        (a residual on the tower: with `fusion_zero_init` the codes start with no effect)"""
         u = u.expand(*e.shape[:-1], u.shape[-1])
         return u + self.fusion(torch.cat([e, u], -1))
 
@@ -370,39 +420,62 @@ class GemiRec(MultiInterestModel):
     # ---- training --------------------------------------------------------------------------------
     def forward(self, item_seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                 scale: float | torch.Tensor = 1.0):
-        """-> (u_{m*} [B, d] in score space, the same as [B, 1, d]); the other terms via training_terms()."""
+        """-> (the positive's user vector [B, d], the example's interests [B, K', d]), both in score space:
+        K' = K predicted-code interests ("predicted", in the stages that use codes), else 1 (u_{m*}, or u in mirm).
+        The other terms via training_terms()."""
         o, st = self.opt, self.stage
+        predicted = o.mirm_codes == "predicted"
         u = self.user_vector(item_seq, mask)  # [B, d]
         v_t = self.to_score_space(self.item_emb(target))  # [B, d] (MIRM's positive, with gradient)
-        if st == "mirm" and not (dist.is_available() and dist.is_initialized()):
+        B, q = len(u), o.code_dim * len(self.sizes)
+        ddp = dist.is_available() and dist.is_initialized()
+        # the interests of MIRM: from codes in idmm (weight 0, skipped on one process) and joint
+        fused = self.use_codes and (st == "joint" or ddp)
+        if st == "mirm" and not ddp:
             l_idmm = l_mipdm = u.new_zeros((), dtype=torch.float32)  # weight 0 in this stage: skip the work
         else:  # under DDP every parameter must be in every step's graph: computed with weight 0
             l_idmm, codes_t = self.idmm_loss(v_t.detach().float())
             m_star = self.flat(codes_t)  # [B]
-            B = len(u)
             sub = (torch.randperm(B, device=u.device)[: o.mipdm_batch] if o.mipdm_batch and B > o.mipdm_batch
-                   else torch.arange(B, device=u.device))  # the examples the GPT sees this step
+                   else torch.arange(B, device=u.device))  # the examples the GPT learns from this step
             logits = self.code_logits(item_seq[sub], mask[sub])  # [B', ΠM]
             l_mipdm = F.cross_entropy(logits.float(), m_star[sub])
-        q = o.code_dim * len(self.sizes)
-        e_star = self.interest_emb(m_star).to(u.dtype) if self.use_codes else u.new_zeros(len(u), q)
-        user = self.to_score_space(self.fuse(e_star, u))  # [B, d]
+            if predicted and fused and len(sub) < B:  # every example needs its codes: the rest without gradient
+                rest = torch.ones(B, dtype=torch.bool, device=u.device)
+                rest[sub] = False
+                full = logits.detach().new_empty(B, self.n_codes)  # [B, ΠM]
+                full[sub] = logits.detach()
+                with torch.no_grad():
+                    full[rest] = self.code_logits(item_seq[rest], mask[rest]).to(full.dtype)
+                logits, sub = full, torch.arange(B, device=u.device)  # row b of logits = example b
+        if not fused:  # stage mirm (no dictionary yet) or idmm: one interest with e = 0 (u + MLP(0, u))
+            self.codes = None
+            e = u.new_zeros(B, 1, q)  # [B, 1, C·q]
+        else:
+            # the codes each example's interests are fused from [B, K'], with the served ε rule ("predicted")
+            self.codes = (select_codes(logits.detach(), self.sizes, self.K, o.epsilon) if predicted
+                          else m_star[:, None])
+            e = self.interest_emb(self.codes).to(u.dtype)  # [B, K', C·q]
+        interests = self.to_score_space(self.fuse(e, u[:, None, :]))  # [B, K', d]
+        user = self.select(interests, v_t, scale)  # [B, d] the positive's (best) interest
         extra = None
-        if self.use_codes and o.hard_interests + o.easy_interests > 0:
-            n_hard = min(o.hard_interests + 1, self.n_codes)  # + 1: m* may be among them (masked)
+        if fused and o.hard_interests + o.easy_interests > 0:
+            taken = torch.cat([self.codes, m_star[:, None]], 1) if predicted else m_star[:, None]  # never negatives
+            n_hard = min(o.hard_interests + taken.shape[1], self.n_codes)  # + the taken codes among them (masked)
             hard = m_star[:, None].repeat(1, n_hard)  # rows the GPT did not see: masked like m* itself
             hard[sub] = logits.detach().topk(n_hard, -1).indices
-            easy = torch.randint(self.n_codes, (len(u), o.easy_interests), device=u.device)
+            easy = torch.randint(self.n_codes, (B, o.easy_interests), device=u.device)
             neg = torch.cat([hard, easy], 1)  # [B, M']
             u_neg = self.to_score_space(self.fuse(self.interest_emb(neg).to(u.dtype), u[:, None, :]))  # [B, M', d]
-            extra = torch.einsum("bmd,bd->bm", u_neg, v_t).masked_fill(neg == m_star[:, None], float("-inf"))
-        self.aux = self._attn[:, None, :]
+            extra = torch.einsum("bmd,bd->bm", u_neg, v_t).masked_fill(
+                (neg[:, :, None] == taken[:, None, :]).any(-1), float("-inf"))  # [B, M']
+        self.aux = self._attn[:, None, :].expand(-1, interests.shape[1], -1)  # [B, K', L]
         lam_i = o.lambda_idmm * (st != "mirm")
         lam_p = o.lambda_mipdm * (st != "mirm")
         self._terms = {"retrieval_weight": o.lambda_mirm * (st != "idmm"), "extra_negatives": extra,
                        "losses": {"idmm": lam_i * l_idmm, "mipdm": lam_p * l_mipdm}}
         self.last_losses = {"idmm": l_idmm.detach(), "mipdm": l_mipdm.detach()}
-        return user, user[:, None, :]
+        return user, interests
 
     def training_terms(self) -> dict:
         return self._terms
