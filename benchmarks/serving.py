@@ -1,22 +1,44 @@
-"""Serving benchmark: p50/p99 latency and throughput through the real stack vs the in-process call.
+"""Serving benchmark: p50/p99 latency and throughput through the real stack vs the in-process call, with the answer
+recall next to every latency.
 
-    .venv/bin/python benchmarks/serving.py --items 100000 1000000 --index flat hnsw --concurrency 1 8
+    .venv/bin/python benchmarks/serving.py --items 1000000 --index flat hnsw hnsw_sq8 ivfpq_fs auto --paths inproc
+    .venv/bin/python benchmarks/serving.py --items 1000000 --index auto --embeddings trained --concurrency 1 8
     .venv/bin/python benchmarks/serving.py --quick          # 10^4 items, a smoke run
 
-For every (items, index): a random-init ComiRec-SA of the model registry (K=4, d=64, max_len=50; no
-trained model is needed for latency) over synthetic items is packaged with `mirec package`'s library
-code (no-archive format, so the 10^6 index is not zipped), then measured three ways, n=50, histories of
-20..50 random items, exclude_seen=true:
+Models (--embeddings), ComiRec-SA of the model registry, K=4, d=64, max_len=50:
+  trained  trained on mirec's synthetic generator (mirec.data.synth: planted categories, Zipf popularity, drift) at
+           --items items, so the item vectors have the structure trained embeddings have. Budget (TRAIN_BUDGET,
+           TRAIN_USERS; the 2-core reference machine): 30,000 users x 10^6 items / 100 categories (~1.5 M events;
+           every catalogue item the generator left without an event gets one padding event, so the index covers the
+           whole catalogue), prepared with min_item_count 1, then `mirec.train.train` with TrainConfig(max_time_s=600
+           wall, samples_per_epoch=100,000, batch 256, 1,024 uniform+in-batch negatives, eval on 300 valid users,
+           2 threads). The embeddings are therefore only PARTLY trained: a few hundred Adam steps, the head items
+           and clusters moved, most tail items near their initialisation (the metrics of the run are stored in
+           <cache>/trained_.../bench_train.json and in each row's package meta). The checkpoint, its item vectors
+           (item_vectors.npy) and held-out histories are cached under --cache-dir (artifacts/bench-cache), so
+           re-runs skip data generation and training; --train-budget-s / --train-samples change the budget (and
+           the cache key). Requests: histories of held-out (test) users, n=50; the index is tuned on other
+           held-out users than those the requests come from.
+  iid      random init: i.i.d. Gaussian item vectors, the worst case for any ANN index (the previous round's
+           model); requests: 20..50 random items, n=50.
+Index kinds (--index; built as `mirec package` builds them, effort tuned to --target-recall of --recall-metric,
+default answer recall@50 >= 0.95 on the tuning histories): flat (exact), hnsw (M 32, efConstruction 200), hnsw_sq8
+(same graph over 8-bit scalar-quantised vectors), ivfpq_fs (IVF 4·sqrt(N) lists, PQ d/2 x 4-bit fast-scan,
+exact re-ranking of k_factor·M candidates), auto (`mirec package --index auto`: the cheapest of ivfpq_fs,
+hnsw_sq8, hnsw, flat by measured search latency that reaches the target; rows say which kind it chose).
+Paths (--paths; `--paths inproc` measures without TorchServe):
   inproc      RecommendService.handle_batch([body]) in this process: JSON parse + id mapping +
-              Recommender.recommend (interests -> FAISS top-M -> merge) = the lower bound
+              Recommender.recommend (interests -> one batched FAISS search of the K interests -> merge) = the lower
+              bound; also its CPU time per request (cpu_p50_ms / cpu_p99_ms), which background load on a shared
+              machine does not inflate
   torchserve  HTTP POST to TorchServe /predictions/<model> (Java frontend -> Python worker -> handler)
   stack       HTTP POST to the recommendation API (A/B, served log) -> TorchServe (the whole stack)
-Concurrency c = c client threads, each sending its next request when the previous one returns. The three
-paths run in interleaved rounds (--rounds) with everything loaded, so background load hits them alike.
-Answer quality is measured next to latency: `answer_recall` = mean |served top-n ∩ exact top-n| / n, the served
-answers (in-process = the handler's code) against the same model with an exact Flat index. The HNSW/IVF index
-is built as `mirec package` builds it (M 32, efConstruction 200, efSearch/nprobe tuned to --target-recall of the
-per-interest top-100 on sampled histories); a latency is only quoted with its recall.
+Concurrency c = c client threads, each sending its next request when the previous one returns. The paths run in
+interleaved rounds (--rounds) with everything loaded, so background load hits them alike.
+`recall` (= answer_recall) = mean |served top-n ∩ exact top-n| / n, the served answers (in-process = the handler's
+code) against the same model with an exact Flat index, on the first 200 measured requests.
+Rows in benchmarks/results/serving.json: {"items", "index", "recall", "concurrency", "path", "p50_ms", "p99_ms",
+"rps", ...details}; a run replaces only the rows of the configurations it measured (--no-merge: all).
 Thread settings: MIREC_THREADS=--threads (torch + FAISS intra-op threads, default 1) in the worker and in-process.
 Per path, the CPU time each process spent per request is recorded too (`cpu_ms_per_req`: client, API, TorchServe's
 Java frontend, its Python worker): the decomposition of where the stack's overhead goes.
@@ -54,6 +76,8 @@ from mirec.serving.torchserve import TorchServeProcess, free_port  # noqa: E402
 from mirec.serving.tsconfig import ModelServing, with_hugepage_malloc  # noqa: E402
 
 K, DIM, N, MAX_LEN = 4, 64, 50, 50
+PATHS = ("inproc", "torchserve", "stack")
+INDEX_CHOICES = ["flat", "ivf", "hnsw", "hnsw_sq8", "ivfpq_fs", "auto"]
 
 
 def synth(n_items: int, seed: int = 0):
@@ -71,6 +95,81 @@ def synth(n_items: int, seed: int = 0):
     return model, cfg, items
 
 
+# ---- trained embeddings (planted structure) ------------------------------------------------------------------------
+#: the training budget of the 10^6-item model (documented in the module docstring; part of the cache key)
+TRAIN_USERS, TRAIN_CATEGORIES = 30_000, 100
+TRAIN_BUDGET = {"max_time_s": 600.0, "samples_per_epoch": 100_000, "batch_size": 256, "num_negatives": 1024,
+                "eval_max_users": 300, "num_threads": 2}
+
+
+def _synth_dataset(n_items: int, root: Path, users: int = TRAIN_USERS, categories: int = TRAIN_CATEGORIES) -> Path:
+    """mirec's synthetic generator at `n_items` (planted categories, Zipf popularity, drift) -> a prepared dataset
+    with every catalogue item kept: the generator leaves most tail items without an event at 10^5 users, so each such
+    item gets one event appended to a random event's user at that event's time (min_item_count 1). The index then
+    covers the whole catalogue, as a served model's does, with the tail barely trained (as in production)."""
+    from mirec.config import DataConfig, SourceConfig, SynthConfig
+    from mirec.data import generate, prepare
+
+    out = root / f"synth_{n_items}_u{users}"
+    if (out / "dataset.json").exists():  # a prepared dataset (mirec.data.schema.META)
+        return out
+    raw, item_df, _, _ = generate(SynthConfig(n_users=users, n_items=n_items, n_categories=categories, seed=0),
+                                  progress=False)
+    seen = np.zeros(n_items, bool)
+    seen[pd.Index(pd.unique(raw["item_id"])).astype(str).str.slice(1).astype(np.int64).to_numpy()] = True
+    missing = np.flatnonzero(~seen)
+    rng = np.random.default_rng(1)
+    host = raw.iloc[rng.integers(0, len(raw), len(missing))]
+    pad = pd.DataFrame({"user_id": host["user_id"].to_numpy(), "item_id": [f"i{j}" for j in missing],
+                        "timestamp": host["timestamp"].to_numpy(), "weight": np.ones(len(missing), np.float32)})
+    raw = pd.concat([raw[["user_id", "item_id", "timestamp", "weight"]], pad], ignore_index=True)
+    tmp = root / f"synth_{n_items}_raw"
+    tmp.mkdir(parents=True, exist_ok=True)
+    raw.to_parquet(tmp / "raw.parquet", index=False)
+    item_df.to_parquet(tmp / "items.parquet", index=False)
+    print(f"[train] synthetic data: {len(raw):,} events ({len(missing):,} catalogue-padding), {n_items:,} items", flush=True)
+    del raw
+    prepare(DataConfig(name=f"synth_{n_items}", out_dir=str(out), min_user_count=5, min_item_count=1,
+                       source=SourceConfig(format="table", path=str(tmp / "raw.parquet"),
+                                           items_path=str(tmp / "items.parquet"), columns={"weight": "weight"})),
+            progress=False)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def trained_model(n_items: int, cache_dir: Path, budget: dict | None = None):
+    """A ComiRec-SA (K=4, d=64) trained on the synthetic data at `n_items` under `budget` (TRAIN_BUDGET), cached
+    under `cache_dir` (checkpoint + item_vectors.npy + held-out histories): re-runs skip data and training.
+    -> (model, cfg, items DataFrame, held-out test histories as item-id lists, train metrics)."""
+    from mirec.checkpoint import load_model
+    from mirec.data.schema import Dataset
+    from mirec.models import ModelConfig
+    from mirec.train import TrainConfig, train
+
+    budget = {**TRAIN_BUDGET, **(budget or {})}
+    tag = f"trained_{n_items}_t{int(budget['max_time_s'])}_s{budget['samples_per_epoch']}"
+    ckpt = cache_dir / tag
+    ds_dir = _synth_dataset(n_items, cache_dir)
+    if not (ckpt / "item_vectors.npy").exists():
+        t0 = time.perf_counter()
+        res = train(ds_dir, ModelConfig(name="comirec_sa", n_items=n_items, dim=DIM, K=K, max_len=MAX_LEN),
+                    TrainConfig(**budget, epochs=1000, patience=1000), out_dir=ckpt, progress=False)
+        model, cfg = load_model(ckpt)
+        np.save(ckpt / "item_vectors.npy", model.item_vectors())
+        ds = Dataset(ds_dir)
+        ids = ds.items["item_id"].to_numpy()
+        held = [[str(x) for x in ids[e.history[-MAX_LEN:]]] for e in ds.eval_examples("test")[:5000] if len(e.history)]
+        (ckpt / "heldout_histories.json").write_text(json.dumps(held))
+        (ckpt / "bench_train.json").write_text(json.dumps({"budget": budget, "wall_s": round(time.perf_counter() - t0, 1),
+                                                          "metrics": res.metrics}, default=str))
+        print(f"[train] trained in {time.perf_counter() - t0:.0f}s: {res.metrics}", flush=True)
+    model, cfg = load_model(ckpt)
+    items = pd.read_parquet(ds_dir / "items.parquet")
+    held = json.loads((ckpt / "heldout_histories.json").read_text())
+    info = json.loads((ckpt / "bench_train.json").read_text())
+    return model, cfg, items, held, info
+
+
 def bodies(count: int, n_items: int, seed: int = 42) -> list[bytes]:
     rng = np.random.default_rng(seed)
     out = []
@@ -80,8 +179,11 @@ def bodies(count: int, n_items: int, seed: int = 42) -> list[bytes]:
     return out
 
 
-def measure_raw(call, payloads: list[bytes], concurrency: int) -> tuple[list[float], float, list[str]]:
-    """Closed loop: `concurrency` threads send the payloads -> (latencies s, wall s, errors)."""
+def measure_raw(call, payloads: list[bytes], concurrency: int, cpu_lat: list[float] | None = None
+                ) -> tuple[list[float], float, list[str]]:
+    """Closed loop: `concurrency` threads send the payloads -> (latencies s, wall s, errors). `cpu_lat` collects
+    each call's CPU time on its client thread (for the in-process path: the handler's own cost, which background
+    load on a shared machine does not inflate)."""
     lat: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -93,16 +195,18 @@ def measure_raw(call, payloads: list[bytes], concurrency: int) -> tuple[list[flo
                 p = next(it, None)
             if p is None:
                 return
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 call(p)
             except Exception as exc:  # counted, not fatal: the run goes on
                 with lock:
                     errors.append(str(exc)[:200])
                 continue
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.thread_time() - c0
             with lock:
                 lat.append(dt)
+                if cpu_lat is not None:
+                    cpu_lat.append(dc)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as ex:
         for f in [ex.submit(worker) for _ in range(concurrency)]:
@@ -242,78 +346,175 @@ def effort_curve(svc: RecommendService, payloads: list[bytes], exact: list[set[s
     return out
 
 
-def stage_case(n_items: int, kind: str, index: IndexSpec, root: Path) -> tuple[Path, dict]:
+def heldout_bodies(histories: list[list[str]], count: int, seed: int = 42) -> list[bytes]:
+    """Requests from held-out users' real histories (trained case): n=50, exclude_seen (the default)."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(histories), size=count, replace=count > len(histories))
+    return [json.dumps({"user_id": f"user-{u}", "history": histories[j], "n": N}).encode()
+            for u, j in enumerate(pick)]
+
+
+def plant_item_vectors(model, n_items: int, cache_dir: Path, noise: float = 0.3, seed: int = 0) -> str:
+    """`planted` embeddings: the trained model with its item table replaced by the generator's planted item geometry
+    (truth/item_vectors.npy of the synthetic dataset, d=16, category centre + noise) lifted into d=64 by a random
+    orthonormal map plus isotropic noise of `noise` x the planted vectors' RMS. What a converged model's item table
+    looks like (items clustered by category, queries near the clusters of the history), for when the training budget
+    leaves the `trained` table near its random init."""
+    import torch
+
+    from mirec.config import SynthConfig
+    from mirec.data import generate
+
+    # the generator draws the item geometry before any user: 10 users give the same item vectors
+    _, _, _, geometry = generate(SynthConfig(n_users=10, n_items=n_items, n_categories=TRAIN_CATEGORIES, seed=0),
+                                 progress=False)
+    items = pd.read_parquet(cache_dir / f"synth_{n_items}_u{TRAIN_USERS}" / "items.parquet").sort_values("item_idx")
+    planted = geometry[items["item_id"].str.slice(1).astype(np.int64).to_numpy()]  # row = item_idx ("i<j>" -> j)
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(DIM, planted.shape[1])))  # [64, 16], orthonormal columns
+    lifted = planted @ basis.T
+    rms = float(np.sqrt((lifted ** 2).sum(1).mean()))
+    lifted += noise * rms / np.sqrt(DIM) * rng.normal(size=lifted.shape)
+    with torch.no_grad():
+        w = model.item_emb.weight
+        scale = float(w[1:].norm(dim=1).mean()) / rms  # keep the table's norm scale
+        w[1:] = torch.as_tensor(lifted * scale, dtype=w.dtype)
+    return f"item table = planted geometry (d={planted.shape[1]}) lifted to d={DIM} + {noise} x RMS noise"
+
+
+class Case:
+    """One benchmark model: `trained` (ComiRec-SA trained on the synthetic generator at n_items, `trained_model`)
+    or `iid` (random init: i.i.d. Gaussian item vectors, the ANN worst case)."""
+
+    def __init__(self, n_items: int, embeddings: str, cache_dir: Path, budget: dict | None = None):
+        self.n_items, self.embeddings = n_items, embeddings
+        self.cache_dir, self.budget = cache_dir, budget
+        self._loaded = None
+
+    def load(self):
+        if self._loaded is None:
+            if self.embeddings in ("trained", "planted"):
+                model, cfg, items, held, info = trained_model(self.n_items, self.cache_dir, self.budget)
+                if self.embeddings == "planted":
+                    info = {**info, "planted": plant_item_vectors(model, self.n_items, self.cache_dir)}
+                # the index is tuned on the first half of the held-out users, requests come from the second half
+                half = len(held) // 2
+                self._loaded = (model, cfg, items, held[:half], held[half:], info)
+            else:
+                model, cfg, items = synth(self.n_items)
+                self._loaded = (model, cfg, items, None, None, {"note": "random-init model (i.i.d. item vectors)"})
+        return self._loaded
+
+    def tuning_histories(self, items: pd.DataFrame, tune_ids: list[list[str]] | None) -> list[np.ndarray] | None:
+        if tune_ids is None:
+            return None  # packaging's default: histories sampled by popularity
+        pos = pd.Series(items["item_idx"].to_numpy(), index=items["item_id"].astype(str).to_numpy())
+        return [pos.loc[h].to_numpy(np.int64) for h in tune_ids]
+
+    def payloads(self, count: int, seed: int) -> list[bytes]:
+        _, _, _, _, req_ids, _ = self.load()
+        return heldout_bodies(req_ids, count, seed) if req_ids is not None else bodies(count, self.n_items, seed)
+
+
+def stage_case(case: Case, kind: str, index: IndexSpec, root: Path) -> tuple[Path, dict]:
     """Stage (or, under --cache-dir, reuse) the benchmark model + index for one case -> (stage dir, meta)."""
+    n_items = case.n_items
     name = f"bench_{kind}_{n_items}"
-    key = "" if kind == "flat" else (f"_m{index.hnsw_m}_efc{index.ef_construction}" if kind == "hnsw" else "_ivf")
-    stage = root / f"{name}{key}_r{index.target_recall}"
+    key = "" if kind == "flat" else (f"_m{index.hnsw_m}_efc{index.ef_construction}" if kind.startswith("hnsw")
+                                     else (f"_kf{index.k_factor}" if kind == "ivfpq_fs" else "_ivf"))
+    if kind == "auto":
+        key = f"_{'-'.join(index.auto_kinds)}_m{index.hnsw_m}_efc{index.ef_construction}_kf{index.k_factor}"
+    metric = index.recall_metric or "interest"
+    stage = root / f"{name}{key}_{case.embeddings}_r{index.target_recall}{metric[0]}q{index.recall_queries}"
     if (stage / "meta.json").exists():  # --cache-dir: reuse a staged model + index (skip the 10^6 HNSW build)
         copy_mirec_code(stage)  # the cached index and weights are reused; the handler's code is this checkout's
         print(f"[{name}] reusing staged package {stage}", flush=True)
         return stage, json.loads((stage / "meta.json").read_text())
-    model, cfg, items = synth(n_items)
+    model, cfg, items, tune_ids, _, info = case.load()
     meta = stage_candidate(stage, model, cfg, items, name=name, version="bench", index=index,
-                           metrics={"note": "random-init model, latency benchmark only"})
-    print(f"[{name}] staged: index {json.dumps(meta['index'])}", flush=True)
+                           histories=case.tuning_histories(items, tune_ids),
+                           metrics={"note": f"{case.embeddings} embeddings, latency benchmark only", "train": info})
+    print(f"[{name}] staged ({case.embeddings}): index {json.dumps(meta['index'])[:1500]}", flush=True)
     return stage, meta
 
 
-def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, workdir: Path, index: IndexSpec,
+def run_case(case: Case, kind: str, concurrency: list[int], n_requests: int, workdir: Path, index: IndexSpec,
              batch_delay_ms: int, cache_dir: Path | None = None, batch_size: int = 8,
              rounds: int = 4, warmup: int = 200, threads: int = 1, effort: int | None = None,
-             curve: list[int] | None = None, workers: int = 1) -> tuple[list[dict], list[dict]]:
-    """-> (rows, effort curve). `effort` overrides the packaged efSearch / nprobe in the MAR and in-process."""
+             curve: list[int] | None = None, workers: int = 1,
+             paths: tuple[str, ...] = PATHS) -> tuple[list[dict], list[dict]]:
+    """-> (rows, effort curve). `effort` overrides the packaged efSearch / nprobe in the MAR and in-process.
+    `paths`: which of inproc / torchserve / stack to measure (inproc alone starts no TorchServe)."""
+    n_items = case.n_items
     name = f"bench_{kind}_{n_items}"
     t0 = time.perf_counter()
-    stage, meta = stage_case(n_items, kind, index, cache_dir or workdir / "stage")
-    store = workdir / "model-store"
-    shutil.rmtree(store / name, ignore_errors=True)
-    build_mar(stage, name, "bench", store, archive_format="no-archive")
+    stage, meta = stage_case(case, kind, index, cache_dir or workdir / "stage")
+    served_kind = meta["index"]["kind"]  # auto: the kind it chose
     meta_index = dict(meta["index"])
-    if effort is not None and kind != "flat":  # serve the same index at another operating point
-        key = EFFORT_PARAM[kind]
-        spec = json.loads((store / name / "index.json").read_text())
-        spec["params"][key] = meta_index[key] = effort
-        (store / name / "index.json").write_text(json.dumps(spec))
+    remote = [p for p in paths if p != "inproc"]
+    store = workdir / "model-store"
+    if remote:
+        shutil.rmtree(store / name, ignore_errors=True)
+        build_mar(stage, name, "bench", store, archive_format="no-archive")
+    if effort is not None and served_kind != "flat":  # serve the same index at another operating point
+        key = EFFORT_PARAM[served_kind]
+        meta_index[key] = effort
+        if remote:
+            spec = json.loads((store / name / "index.json").read_text())
+            spec["params"][key] = effort
+            (store / name / "index.json").write_text(json.dumps(spec))
     package_s = time.perf_counter() - t0
-    print(f"[{name}] packaged in {package_s:.1f}s (index build {meta['index']['build_s']}s)", flush=True)
+    print(f"[{name}] packaged in {package_s:.1f}s (index {served_kind}, build {meta['index']['build_s']}s)", flush=True)
 
-    payloads = bodies(n_requests, n_items)
-    warm = bodies(warmup, n_items, seed=7)
+    payloads = case.payloads(n_requests, 42)
+    warm = case.payloads(warmup, 7)
     configure_threads(threads)
     svc = RecommendService.load(stage, device="cpu")
-    if effort is not None and kind != "flat":
+    if effort is not None and served_kind != "flat":
         svc.recommender.index.set_effort(effort)
-    exact = exact_answers(stage, payloads[:200]) if kind != "flat" else None
+    exact = exact_answers(stage, payloads[:200]) if served_kind != "flat" else None
     recall = answer_recall(svc, payloads[:200], exact) if exact else 1.0
-    print(f"[{name}] answer recall@{N} vs exact: {recall}", flush=True)
+    print(f"[{name}] answer recall@{N} vs exact ({case.embeddings}): {recall}", flush=True)
     curve_rows = effort_curve(svc, payloads[:200], exact, curve) if (curve and exact) else []
     freeze_loaded_objects()  # as the handler does after loading: the lower bound gets the same treatment
-    ts = TorchServeProcess(store, [ModelServing(name=name, version="bench", mar=name, workers=workers, batch_size=batch_size,
-                                                max_batch_delay_ms=batch_delay_ms, response_timeout_s=120)],
-                           workdir / f"ts-{name}", vmargs="-Xmx1g -XX:+UseSerialGC")
-    api = None
+    ts = api = None
     acc: dict[tuple[str, int], list] = {}
     try:
-        ts.start(timeout_s=600)
-        api, api_url = start_api(ts.inference_url, name, workdir)
-        paths = {"inproc": lambda p: svc.handle_batch([p]),
-                 "torchserve": http_caller(f"{ts.inference_url}/predictions/{name}"),
-                 "stack": http_caller(f"{api_url}/recommend")}
-        procs = stack_processes(ts, api)
-        for call in paths.values():
+        calls = {"inproc": lambda p: svc.handle_batch([p])}
+        procs: dict[str, list] = {"client": []}
+        if remote:
+            ts = TorchServeProcess(store, [ModelServing(name=name, version="bench", mar=name, workers=workers,
+                                                        batch_size=batch_size, max_batch_delay_ms=batch_delay_ms,
+                                                        response_timeout_s=120)],
+                                   workdir / f"ts-{name}", vmargs="-Xmx1g -XX:+UseSerialGC")
+            ts.start(timeout_s=600)
+            calls["torchserve"] = http_caller(f"{ts.inference_url}/predictions/{name}")
+            if "stack" in paths:
+                api, api_url = start_api(ts.inference_url, name, workdir)
+                calls["stack"] = http_caller(f"{api_url}/recommend")
+                procs = stack_processes(ts, api)
+            else:
+                import psutil
+
+                procs = {"client": [psutil.Process()]}
+        else:
+            import psutil
+
+            procs = {"client": [psutil.Process()]}
+        calls = {p: calls[p] for p in paths}
+        for call in calls.values():
             for p in warm:
                 call(p)
         # interleaved rounds: every path sees the same share of whatever else runs on the machine
         chunks = np.array_split(np.arange(len(payloads)), rounds)
         for r_i, chunk in enumerate(chunks):
             part = [payloads[i] for i in chunk]
-            for path, call in paths.items():
+            for path, call in calls.items():
                 for c in concurrency:
                     cpu0 = cpu_seconds(procs)
-                    lat, wall, errs = measure_raw(call, part, c)
+                    a = acc.setdefault((path, c), [[], 0.0, [], {}, []])
+                    lat, wall, errs = measure_raw(call, part, c, a[4] if path == "inproc" else None)
                     cpu1 = cpu_seconds(procs)
-                    a = acc.setdefault((path, c), [[], 0.0, [], {}])
                     a[0] += lat
                     a[1] += wall
                     a[2] += errs
@@ -324,52 +525,72 @@ def run_case(n_items: int, kind: str, concurrency: list[int], n_requests: int, w
         if api is not None:
             api.terminate()
             api.wait(10)
-        ts.stop()
+        if ts is not None:
+            ts.stop()
     del svc
     rows = []
-    for (path, c), (lat, wall, errs, cpu) in acc.items():
+    for (path, c), (lat, wall, errs, cpu, cpu_lat) in acc.items():
         rows.append({"path": path, "concurrency": c, **summarize(lat, wall, errs),
                      "cpu_ms_per_req": {k: round(v * 1000 / max(len(lat), 1), 3) for k, v in cpu.items()}})
-        print(f"[{name}] {path} c={c}: {rows[-1]}", flush=True)
+        if cpu_lat:  # inproc: the handler's CPU time per request (robust to background load)
+            ms = np.asarray(cpu_lat) * 1000
+            rows[-1].update({"cpu_p50_ms": round(float(np.percentile(ms, 50)), 3),
+                             "cpu_p99_ms": round(float(np.percentile(ms, 99)), 3)})
     for r in rows:
-        r.update({"loadavg_1m_end": round(os.getloadavg()[0], 2), "ts_batch_size": batch_size,
-                  "items": n_items, "index": kind, "K": K, "n": N, "package_s": round(package_s, 1),
+        r.update({"items": n_items, "index": kind, "recall": recall, "rps": r["throughput_rps"],
+                  "embeddings": case.embeddings, "served_index": served_kind,
+                  "loadavg_1m_end": round(os.getloadavg()[0], 2), "ts_batch_size": batch_size,
+                  "K": K, "n": N, "package_s": round(package_s, 1),
                   "index_build_s": meta["index"]["build_s"], "answer_recall": recall,
                   "index_params": {k: v for k, v in meta_index.items() if k not in ("kind", "build_s")}})
-    return rows, [{"items": n_items, "index": kind, **c} for c in curve_rows]
+        print(f"[{name}] {case.embeddings} {r['path']} c={r['concurrency']}: recall {recall} p50 {r['p50_ms']} "
+              f"p99 {r['p99_ms']} rps {r['rps']}" + (f" (CPU p50 {r['cpu_p50_ms']} p99 {r['cpu_p99_ms']})"
+                                                     if "cpu_p50_ms" in r else ""), flush=True)
+    return rows, [{"items": n_items, "index": served_kind, "embeddings": case.embeddings, **c} for c in curve_rows]
+
+
+def _kind(r: dict) -> str:
+    return r.get("served_index", r["index"])
 
 
 def _effort(r: dict) -> int | None:
-    return r.get("index_params", {}).get(EFFORT_PARAM.get(r["index"]))
+    return r.get("index_params", {}).get(EFFORT_PARAM.get(_kind(r)))
+
+
+def _key(r: dict) -> tuple:
+    """What one configuration is: rows with the same key replace each other when results are merged."""
+    return (r["items"], r["index"], r.get("embeddings", "iid"), _effort(r), r["concurrency"], r["path"])
 
 
 def ratios(rows: list[dict]) -> list[dict]:
     out = []
-    key = {(r["items"], r["index"], _effort(r), r["concurrency"], r["path"]): r for r in rows}
-    for (items, kind, effort, c, path), r in key.items():
+    key = {_key(r): r for r in rows}
+    for (items, kind, emb, effort, c, path), r in key.items():
         if path == "inproc":
             continue
-        base = key.get((items, kind, effort, c, "inproc"))
+        base = key.get((items, kind, emb, effort, c, "inproc"))
         if base:
-            out.append({"items": items, "index": kind, "effort": effort, "concurrency": c, "path": path,
-                        "p50_ratio": round(r["p50_ms"] / base["p50_ms"], 2),
+            out.append({"items": items, "index": kind, "embeddings": emb, "effort": effort, "concurrency": c,
+                        "path": path, "p50_ratio": round(r["p50_ms"] / base["p50_ms"], 2),
                         "p99_ratio": round(r["p99_ms"] / base["p99_ms"], 2),
                         "throughput_ratio": round(r["throughput_rps"] / base["throughput_rps"], 2)})
     return out
 
 
 def markdown(rows: list[dict], rat: list[dict]) -> str:
-    lines = ["| items | index | recall | c | path | p50 ms | p99 ms | req/s | p50 × | p99 × | CPU ms/req client · API · Java · worker |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    rk = {(x["items"], x["index"], x["effort"], x["concurrency"], x["path"]): x for x in rat}
+    lines = ["| items | embeddings | index | recall | c | path | p50 ms | p99 ms | req/s | p50 × | p99 × | CPU ms/req client · API · Java · worker |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rk = {(x["items"], x["index"], x.get("embeddings", "iid"), x["effort"], x["concurrency"], x["path"]): x for x in rat}
     for r in rows:
-        x = rk.get((r["items"], r["index"], _effort(r), r["concurrency"], r["path"]), {})
+        x = rk.get(_key(r), {})
         c = r.get("cpu_ms_per_req", {})
         cpu = " · ".join(f"{c.get(k, 0):.2f}" for k in ("client", "api", "ts_java", "ts_worker"))
-        effort = "" if _effort(r) is None else f" ({'ef' if r['index'] == 'hnsw' else 'nprobe'} {_effort(r)})"
-        lines.append(f"| {r['items']:,} | {r['index']}{effort} | {r.get('answer_recall', '')} | {r['concurrency']} | "
-                     f"{r['path']} | {r['p50_ms']} | {r['p99_ms']} | {r['throughput_rps']} | {x.get('p50_ratio', '')} | "
-                     f"{x.get('p99_ratio', '')} | {cpu} |")
+        kind = _kind(r)
+        label = r["index"] if kind == r["index"] else f"{r['index']} → {kind}"
+        effort = "" if _effort(r) is None else f" ({EFFORT_PARAM[kind]} {_effort(r)})"
+        lines.append(f"| {r['items']:,} | {r.get('embeddings', 'iid')} | {label}{effort} | {r['recall']} | "
+                     f"{r['concurrency']} | {r['path']} | {r['p50_ms']} | {r['p99_ms']} | {r['rps']} | "
+                     f"{x.get('p50_ratio', '')} | {x.get('p99_ratio', '')} | {cpu} |")
     return "\n".join(lines)
 
 
@@ -381,52 +602,72 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], with_hugepage_malloc(dict(os.environ)))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
-    ap.add_argument("--index", nargs="+", default=["flat", "hnsw"], choices=["flat", "ivf", "hnsw"])
+    ap.add_argument("--index", nargs="+", default=["flat", "hnsw", "hnsw_sq8", "ivfpq_fs"], choices=INDEX_CHOICES)
+    ap.add_argument("--embeddings", nargs="+", default=["trained", "iid"], choices=["trained", "planted", "iid"],
+                    help="trained: ComiRec-SA trained on the synthetic generator at --items (cached); planted: the same "
+                         "model with the generator's planted item geometry as its item table; iid: random init")
+    ap.add_argument("--recall-queries", type=int, default=128, help="histories the effort is tuned on")
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
+                    help="what to measure; `--paths inproc` starts no TorchServe and no API")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--requests", type=int, default=400, help="measured requests per (path, concurrency)")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--hnsw-ef-construction", type=int, default=200)
-    ap.add_argument("--target-recall", type=float, default=0.9,
-                    help="index recall@100 efSearch/nprobe is tuned to at package time (as `mirec package`); 0 = no tuning")
+    ap.add_argument("--k-factor", type=int, default=4, help="ivfpq_fs: exact re-ranking of k_factor x top-M")
+    ap.add_argument("--nlist", type=int, default=None, help="ivf / ivfpq_fs lists (default 4·sqrt(N), at most 4096)")
+    ap.add_argument("--target-recall", type=float, default=0.95,
+                    help="recall the search effort is tuned to at package time (as `mirec package`); 0 = no tuning")
+    ap.add_argument("--recall-metric", choices=["answer", "interest"], default="answer",
+                    help="answer: the served top-50 vs exact (the target's measure); interest: per-interest top-100")
     ap.add_argument("--ef-search", type=int, default=128, help="efSearch when --target-recall 0")
+    ap.add_argument("--train-budget-s", type=float, default=TRAIN_BUDGET["max_time_s"],
+                    help="trained case: TrainConfig.max_time_s (wall) of the cached model")
+    ap.add_argument("--train-samples", type=int, default=TRAIN_BUDGET["samples_per_epoch"],
+                    help="trained case: TrainConfig.samples_per_epoch")
     ap.add_argument("--stage-only", action="store_true", help="build (and cache) the packages, measure nothing")
     ap.add_argument("--efforts", type=int, nargs="+", default=None,
-                    help="also serve HNSW/IVF at these efSearch/nprobe values (default: only the tuned one)")
-    ap.add_argument("--curve", type=int, nargs="*", default=[32, 64, 128, 192, 256, 384, 512, 768, 1024],
-                    help="in-process latency vs answer recall at these efSearch/nprobe values (none: --curve)")
+                    help="also serve the ANN index at these efSearch/nprobe values (default: only the tuned one)")
+    ap.add_argument("--curve", type=int, nargs="*", default=[],
+                    help="in-process latency vs answer recall at these efSearch/nprobe values")
     ap.add_argument("--max-batch-delay-ms", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="TorchServe workers per model (each holds the index)")
     ap.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size (1 = no batching wait)")
-    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds over the three paths")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds over the paths")
     ap.add_argument("--threads", type=int, default=1, help="MIREC_THREADS for the worker and the in-process call")
     ap.add_argument("--warmup", type=int, default=200,
                     help="requests per path before measuring (the JVM compiles TorchServe's hot path meanwhile)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
+    ap.add_argument("--no-merge", action="store_true",
+                    help="overwrite --out instead of replacing only the rows of the configurations measured now")
     ap.add_argument("--quick", action="store_true", help="10^4 items, 100 requests (smoke)")
-    ap.add_argument("--cache-dir", type=Path, default=None,
-                    help="keep staged packages here and reuse them on the next run (the 10^6 HNSW build is slow)")
+    ap.add_argument("--cache-dir", type=Path, default=ROOT / "artifacts" / "bench-cache",
+                    help="trained models, their item vectors (.npy) and staged packages, reused on the next run")
     a = ap.parse_args()
     os.environ["MIREC_THREADS"] = str(a.threads)  # inherited by TorchServe's worker
     if a.quick:
         a.items, a.requests = [10_000], 100
+    budget = {"max_time_s": a.train_budget_s, "samples_per_epoch": a.train_samples}
     rows: list[dict] = []
     curves: list[dict] = []
-    index = {kind: IndexSpec(kind=kind, hnsw_m=a.hnsw_m, ef_construction=a.hnsw_ef_construction,
-                             ef_search=a.ef_search, target_recall=a.target_recall or None, use_gpu=False)
+    index = {kind: IndexSpec(kind=kind, hnsw_m=a.hnsw_m, ef_construction=a.hnsw_ef_construction, nlist=a.nlist,
+                             k_factor=a.k_factor, ef_search=a.ef_search, target_recall=a.target_recall or None,
+                             recall_metric=a.recall_metric, answer_n=N, recall_queries=a.recall_queries, use_gpu=False)
              for kind in a.index}
     with tempfile.TemporaryDirectory(prefix="mirec-bench-") as tmp:
         for n in a.items:
-            for kind in a.index:
-                if a.stage_only:
-                    stage_case(n, kind, index[kind], a.cache_dir or Path(tmp))
-                    continue
-                for i, effort in enumerate([None] + (list(a.efforts or []) if kind != "flat" else [])):
-                    r, c = run_case(n, kind, a.concurrency, a.requests, Path(tmp), index[kind], a.max_batch_delay_ms,
-                                    a.cache_dir, a.batch_size, a.rounds, a.warmup, a.threads, effort,
-                                    a.curve if i == 0 else None, a.workers)
-                    rows += r
-                    curves += c
-                    write(a, rows, curves)  # partial results survive a later failure
+            for emb in a.embeddings:
+                case = Case(n, emb, a.cache_dir, budget)
+                for kind in a.index:
+                    if a.stage_only:
+                        stage_case(case, kind, index[kind], a.cache_dir)
+                        continue
+                    for i, effort in enumerate([None] + (list(a.efforts or []) if kind != "flat" else [])):
+                        r, c = run_case(case, kind, a.concurrency, a.requests, Path(tmp), index[kind],
+                                        a.max_batch_delay_ms, a.cache_dir, a.batch_size, a.rounds, a.warmup,
+                                        a.threads, effort, a.curve if i == 0 else None, a.workers, tuple(a.paths))
+                        rows += r
+                        curves += c
+                        write(a, rows, curves, budget)  # partial results survive a later failure
     if a.stage_only:
         return
     print(markdown(rows, ratios(rows)))
@@ -437,26 +678,28 @@ def main() -> None:
 
 
 def curve_markdown(curves: list[dict]) -> str:
-    lines = ["| items | index | effort | answer recall@50 | in-process p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+    lines = ["| items | embeddings | index | effort | answer recall@50 | in-process p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|"]
     for c in curves:
         e = f"{EFFORT_PARAM[c['index']]} {c[EFFORT_PARAM[c['index']]]}"
-        lines.append(f"| {c['items']:,} | {c['index']} | {e} | {c['answer_recall']} | {c['p50_ms']} | {c['p99_ms']} |")
+        lines.append(f"| {c['items']:,} | {c.get('embeddings', 'iid')} | {c['index']} | {e} | {c['answer_recall']} | "
+                     f"{c['p50_ms']} | {c['p99_ms']} |")
     return "\n".join(lines)
 
 
 def plot_curves(curves: list[dict], path: Path) -> None:
-    """Answer recall against in-process p50/p99 latency, one line per (items, index): where to operate."""
+    """Answer recall against in-process p50/p99 latency, one line per (items, embeddings, index): where to operate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key in sorted({(c["items"], c["index"]) for c in curves}):
-        pts = [c for c in curves if (c["items"], c["index"]) == key]
+    for key in sorted({(c["items"], c.get("embeddings", "iid"), c["index"]) for c in curves}):
+        pts = [c for c in curves if (c["items"], c.get("embeddings", "iid"), c["index"]) == key]
         for q, style in (("p50_ms", "-o"), ("p99_ms", ":x")):
             ax.plot([c[q] for c in pts], [c["answer_recall"] for c in pts], style,
-                    label=f"{key[1]} {key[0]:,} items, {q[:3]}")
+                    label=f"{key[2]} {key[0]:,} items ({key[1]}), {q[:3]}")
         for c in pts:
             e = c[EFFORT_PARAM[c["index"]]]
             ax.annotate(str(e), (c["p50_ms"], c["answer_recall"]), fontsize=7, xytext=(3, -8), textcoords="offset points")
@@ -471,21 +714,45 @@ def plot_curves(curves: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
-def write(a, rows: list[dict], curves: list[dict] | None = None) -> None:
+def _upgrade(r: dict) -> dict:
+    """Rows written before `recall`/`rps`/`embeddings` existed (random-init model = iid embeddings)."""
+    return {"recall": r.get("answer_recall"), "rps": r.get("throughput_rps"), "embeddings": "iid", **r}
+
+
+def write(a, rows: list[dict], curves: list[dict] | None = None, budget: dict | None = None) -> None:
+    """Rows of the configurations measured now replace those of the same configuration in --out; the others stay
+    (unless --no-merge). Every row: items, index, recall (answer recall@50 vs exact), concurrency,
+    path (inproc | torchserve | stack), p50_ms, p99_ms, rps, plus details."""
     if a.stage_only:
         return
-    rat = ratios(rows)
+    out = Path(a.out)
+    old_rows: list[dict] = []
+    old_curves: list[dict] = []
+    if out.exists() and not a.no_merge:
+        old = json.loads(out.read_text())
+        new_keys = {_key(r) for r in rows}
+        old_rows = [_upgrade(r) for r in old.get("rows", []) if _key(_upgrade(r)) not in new_keys]
+        new_curve_keys = {(c["items"], c.get("embeddings", "iid"), c["index"]) for c in curves or []}
+        old_curves = [c for c in old.get("effort_curve", [])
+                      if (c["items"], c.get("embeddings", "iid"), c["index"]) not in new_curve_keys]
+    all_rows = old_rows + rows
+    rat = ratios(all_rows)
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-              "settings": {"K": K, "dim": DIM, "n": N, "max_len": MAX_LEN, "history_len": "20..50",
-                           "requests": a.requests, "hnsw": {"M": a.hnsw_m, "ef_construction": a.hnsw_ef_construction,
-                                                            "target_recall": a.target_recall or None,
-                                                            "ef_search": None if a.target_recall else a.ef_search},
+              "settings": {"K": K, "dim": DIM, "n": N, "max_len": MAX_LEN, "history_len": "20..50 (iid) / held-out (trained)",
+                           "requests": a.requests, "hnsw": {"M": a.hnsw_m, "ef_construction": a.hnsw_ef_construction},
+                           "ivfpq_fs": {"pq": "d/2 x 4 bit fast-scan", "k_factor": a.k_factor, "nlist": a.nlist or "4·sqrt(N)"},
+                           "target_recall": a.target_recall or None, "recall_metric": a.recall_metric,
+                           "ef_search": None if a.target_recall else a.ef_search,
                            "torchserve": {"workers": a.workers, "batch_size": a.batch_size, "max_batch_delay_ms": a.max_batch_delay_ms},
                            "threads": a.threads, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-                           "model": "random-init comirec_sa (registry), synthetic items"},
-              "rows": rows, "ratios": rat, "effort_curve": curves or [], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2))
+                           "model": "comirec_sa K=4 d=64: trained (synthetic generator, budget below) | iid (random init)",
+                           "train_budget": {**TRAIN_BUDGET, **(budget or {}), "users": TRAIN_USERS,
+                                            "categories": TRAIN_CATEGORIES},
+                           "nice": os.nice(0), "loadavg_at_write": [round(x, 2) for x in os.getloadavg()]},
+              "rows": all_rows, "ratios": rat, "effort_curve": old_curves + (curves or []),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -377,6 +377,9 @@ def test_checkov_passes_on_default_and_production(helm, tools_venv_python):
      ["containerSecurityContext.readOnlyRootFilesystem"]),
     (["--set", "podSecurityContext.runAsNonRoot=false"], ["podSecurityContext.runAsNonRoot"]),
     (["--set", "kserve.canaryTrafficPercent=150"], ["kserve.canaryTrafficPercent"]),
+    # gRPC is not implemented by the API (docs/helm.md "KServe protocol")
+    (["--set", "kserve.enabled=true", "--set", "kserve.storageUri=s3://b/m", "--set", "kserve.protocolVersion=grpc-v2"],
+     ["kserve.protocolVersion"]),
 ])
 def test_values_schema_rejects_bad_values_readably(helm, args, must_name):
     proc = _helm(helm, "template", RELEASE, str(CHART), *args, check=False)
@@ -608,10 +611,40 @@ def test_api_and_torchserve_agree_on_token_auth(helm, profile):
 
 
 # ------------------------------------------------------------------------- wiring / contracts
+@pytest.mark.parametrize("args, expected", [
+    ([], "torchserve"),
+    (KSERVE, "kserve-v1"),  # kserve.protocolVersion defaults to v1
+    ([*KSERVE, "--set", "kserve.protocolVersion=v1"], "kserve-v1"),
+    ([*KSERVE_RAW, "--set", "kserve.protocolVersion=v2"], "kserve-v2"),
+    # the protocol only matters toward a KServe predictor: standalone TorchServe is always called on /predictions
+    (["--set", "kserve.protocolVersion=v2"], "torchserve"),
+])
+def test_api_upstream_protocol_follows_kserve_protocol_version(helm, args, expected, tmp_path):
+    """The API speaks the protocol the InferenceService is deployed with: api.yaml's upstream_protocol (ApiSettings)
+    is kserve-<kserve.protocolVersion> in KServe mode, and it loads with the strict settings model."""
+    from mirec.serving.settings import load_settings
+
+    docs = [d for d in yaml.safe_load_all(
+        _helm(helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--skip-tests", *args).stdout) if d]
+    text = configmap_file(docs, f"{FULL}-api", "api.yaml")
+    assert yaml.safe_load(text)["upstream_protocol"] == expected
+    path = tmp_path / "api.yaml"
+    path.write_text(text)
+    assert load_settings(path).upstream_protocol == expected
+    isvcs = by_kind(docs, "InferenceService")
+    if expected == "torchserve":
+        assert not isvcs
+    else:
+        (isvc,) = isvcs
+        assert f"kserve-{isvc['spec']['predictor']['model']['protocolVersion']}" == expected
+
+
 def test_api_settings_follow_the_contract(helm):
     docs = render(helm, "production")
     settings = yaml.safe_load(configmap_file(docs, f"{FULL}-api", "api.yaml"))
-    assert set(settings) == {"torchserve_url", "torchserve_token_file", "experiment", "log_path", "feast", "timeout_ms"}
+    assert set(settings) == {"torchserve_url", "torchserve_token_file", "experiment", "log_path", "feast", "timeout_ms",
+                             "upstream_protocol"}
+    assert settings["upstream_protocol"] == "torchserve"
     assert settings["experiment"] == {"salt": "exp-2026-q4", "arms": [
         {"name": "A", "model": "mirec_a", "weight": 0.9}, {"name": "B", "model": "mirec_b", "weight": 0.1}]}
     assert settings["feast"] == {"repo_path": "/etc/feast", "timeout_ms": 30}

@@ -23,10 +23,17 @@ def package_cmd(
     spec: Optional[Path] = typer.Option(None, "--spec", help="YAML PackageSpec (candidates, index, batching, "
                                         "server profile); replaces the other options."),
     out: Path = typer.Option(Path("artifacts/serving"), "--out", "-o", help="Output dir: model-store/ + config/."),
-    index: str = typer.Option("flat", help="FAISS index: flat | ivf | hnsw."),
-    target_recall: float = typer.Option(0.9, min=0.0, max=1.0, help="ivf/hnsw: set nprobe/efSearch to the cheapest "
-                                        "value whose recall@100 vs exact search reaches this (measured at package "
-                                        "time, written to meta.json); 0 = keep the defaults, still measured."),
+    index: str = typer.Option("flat", help="FAISS index: flat | ivf | hnsw | hnsw_sq8 | ivfpq_fs | auto (build "
+                              "ivfpq_fs, hnsw_sq8, hnsw, flat in turn and keep the cheapest by measured search latency "
+                              "that reaches --target-recall as answer recall@50; the choice goes into index.json and "
+                              "meta.json)."),
+    target_recall: float = typer.Option(0.9, min=0.0, max=1.0, help="ANN kinds: set nprobe/efSearch to the cheapest "
+                                        "value whose recall vs exact search reaches this (recall@100 per interest; "
+                                        "auto: answer recall@50; measured at package time, written to meta.json); "
+                                        "0 = keep the defaults, still measured (auto: 0.95)."),
+    recall_data: Optional[Path] = typer.Option(None, "--recall-data", help="Prepared dataset whose test/valid users' "
+                                               "histories (held out from training) the index recall is measured on; "
+                                               "default: histories sampled by popularity."),
     version: str = typer.Option("1.0", help="Version string stored in every MAR."),
     aggregator: str = typer.Option("merge", help="Aggregator name from mirec.retrieval's registry."),
     profile: str = typer.Option("local", help="config.properties profile: local (loopback, no token auth) | "
@@ -55,7 +62,8 @@ def package_cmd(
         ps = validate_config(PackageSpec, {
             "out_dir": str(out), "archive_format": archive_format, "server": {"profile": profile},
             "candidates": [{"name": n, "checkpoint": str(c), "version": version, "aggregator": aggregator,
-                            "index": {"kind": index, "target_recall": target_recall or None},
+                            "index": {"kind": index, "target_recall": target_recall or None,
+                                      "recall_histories": str(recall_data) if recall_data else None},
                             "workers": workers, "batch_size": batch_size, "max_batch_delay_ms": max_batch_delay_ms,
                             "client_timeout_ms": client_timeout_ms or None} for n, c in zip(names, checkpoint)]})
     package(ps, log=typer.echo)

@@ -171,6 +171,7 @@ class RecommendService:
 
         from mirec.models import ModelConfig, build
         from mirec.retrieval import ItemIndex
+        from mirec.retrieval.index import GPU_KINDS
         from mirec.retrieval.recommender import Recommender
 
         model_dir = Path(model_dir)
@@ -182,7 +183,7 @@ class RecommendService:
         model.load_state_dict(state)
         model.to(device).eval()
         index = ItemIndex.load(model_dir / INDEX_FILE)
-        if device.startswith("cuda") and index.kind != "hnsw":
+        if device.startswith("cuda") and index.kind in GPU_KINDS:
             try:
                 import faiss
                 if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
