@@ -211,7 +211,8 @@ async def _simulate(k: int, kind: str, svc: dict, pop: Population, args, tdir: P
                             fh.write(orjson.dumps(rec) + b"\n")
                 # the daily look; a decided test (or a broken split) stops the experiment, as it would in production
                 t0 = time.perf_counter()
-                rep = build_report(served_sim, tdir / "feedback.jsonl", {"A": 0.5, "B": 0.5}, cfg)
+                # the feedback log rotates hourly like the served log: every file of it
+                rep = build_report(served_sim, str(tdir / "feedback.jsonl*"), {"A": 0.5, "B": 0.5}, cfg)
                 report_s = time.perf_counter() - t0
                 looks += 1
                 if rep.decision.status in ("winner", "srm", "vetoed"):

@@ -8,8 +8,8 @@ project image (Dockerfile), see components/image.py.
 from components.data import build_training_data_op, data_ingest_op, features_materialize_op
 from components.gate import gate_op
 from components.release import build_monitoring_reference_op, deploy_op, package_candidates_op
-from components.train import evaluate_candidate_op, train_candidate_op
+from components.train import evaluate_baselines_op, evaluate_candidate_op, train_candidate_op
 
 __all__ = ["build_monitoring_reference_op", "build_training_data_op", "data_ingest_op", "deploy_op",
-           "evaluate_candidate_op", "features_materialize_op", "gate_op", "package_candidates_op",
+           "evaluate_baselines_op", "evaluate_candidate_op", "features_materialize_op", "gate_op", "package_candidates_op",
            "train_candidate_op"]

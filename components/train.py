@@ -32,3 +32,14 @@ def evaluate_candidate_op(training_data: Input[Dataset], model: Input[Model], na
     for key, value in steps.ui_metrics(info).items():
         metrics.log_metric(key, value)
     evaluation.metadata.update(steps.artifact_metadata(info))
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate_baselines_op(training_data: Input[Dataset], baselines: list, eval_config: dict, train_config: dict,
+                          epochs: int, evaluation: Output[Dataset]):
+    """The gate's baselines (popularity, item-kNN, a trained single-interest model) on the candidates' split."""
+    from mirec import steps
+
+    info = steps.evaluate_baselines(training_data.path, evaluation.path, baselines=baselines,
+                                    eval_config=eval_config, train_config=train_config, epochs=epochs)
+    evaluation.metadata.update(steps.artifact_metadata(info))

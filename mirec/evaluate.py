@@ -12,6 +12,7 @@ measures how well the interests recover the planted categories (see `planted_rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -69,12 +70,26 @@ def planted_recovery(rec: Recommender, ds: Dataset, examples, lists, details, to
     return out
 
 
+def split_fingerprint(ds: Dataset, split: str, examples) -> str:
+    """What "the same offline split" means: a hash of the evaluated examples in external ids (split name, each
+    user's id, input history and held-out targets, in order). Two evaluations with the same fingerprint scored the
+    same users on the same histories against the same targets; the gate compares numbers only across equal ones."""
+    item_ids = ds.items.sort_values("item_idx")["item_id"].astype(str).to_numpy()
+    user_ids = ds.users["user_id"].astype(str).to_numpy()  # ds.users is sorted by user_idx
+    h = hashlib.sha256(f"{split}\n".encode())
+    for e in examples:
+        h.update(f"{user_ids[e.user_idx]}\t{' '.join(item_ids[e.history])}\t{' '.join(item_ids[e.targets])}\n"
+                 .encode())
+    return h.hexdigest()[:16]
+
+
 def evaluate(model, dataset, split: str = "test", aggregator: str = "merge", n_values=(20, 50),
              out_dir: str | Path | None = None, exclude_seen: bool = False, diversity: float | None = None,
              aggregator_params: dict | None = None, index_kind: str = "flat", max_users: int | None = None,
              collapse: bool = True, name: str | None = None) -> dict:
     """Evaluate a checkpoint dir, a loaded model or a fitted baseline on `split` of `dataset`.
-    -> {"model", "split", "n_users", "metrics": {...}, "served": [per-user dicts at max(n_values)]}.
+    -> {"model", "split", "split_id" (split_fingerprint), "n_users", "metrics": {...}, "served": [per-user dicts at
+    max(n_values)]}.
     With out_dir: writes metrics.json, metrics.md and served.jsonl (the monitoring reference input)."""
     from mirec.checkpoint import load_model
 
@@ -128,8 +143,8 @@ def evaluate(model, dataset, split: str = "test", aggregator: str = "merge", n_v
                            "mean_pairwise_cos": d["stats"]["mean_pairwise_cos"],
                            "interest_norms": d["stats"]["interest_norms"], "history_len": int(len(e.history)),
                            "history": e.history.tolist()})
-    out = {"model": name, "split": split, "aggregator": aggregator, "n_users": len(examples), "metrics": res,
-           "served": served}
+    out = {"model": name, "split": split, "split_id": split_fingerprint(ds, split, examples),
+           "aggregator": aggregator, "n_users": len(examples), "metrics": res, "served": served}
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,39 @@ def comparison_table(decision: dict) -> str:
     return "\n".join(lines)
 
 
+def champion_lines(decision: dict) -> list[str]:
+    """The champion/challenger comparison (what the candidates had to beat), as Markdown lines; [] when off."""
+    cc = decision.get("champion_challenger") or {}
+    if not cc.get("enabled"):
+        return []
+    m, rule = cc["metric"], cc.get("rule") or {}
+    fmt = (lambda v: "–" if v is None else f"{v:.4f}")
+    lines = [f"Every candidate must beat the best baseline and the deployed champion on {m} by "
+             f"{rule.get('margin', 0):g} ({rule.get('margin_kind', 'relative')}), on the same offline split, "
+             "with its collapse guards (" + ", ".join(f"{g['metric']} {g['op']} {g['bound']:g}"
+                                                       for g in rule.get("collapse_guards", [])) + ").", "",
+             f"| compared against | {m} | split |", "|---|---:|---|"]
+    for n, b in (cc.get("baselines") or {}).items():
+        best = " (best)" if n == cc.get("best_baseline") else ""
+        lines.append(f"| baseline {n}{best} | {fmt(b.get(m))} | {b.get('split_id') or '?'} |")
+    if not cc.get("baselines"):
+        lines.append("| no baseline evaluated | – | – |")
+    ch = cc.get("champion")
+    if ch:
+        lines.append(f"| champion {ch['name']} ({ch['uri']}) | {fmt(ch.get(m))} | {ch.get('split_id') or '?'} |")
+    else:
+        lines += ["", f"**{cc.get('note') or 'no champion deployed: first release'}**"]
+    return lines
+
+
 def render_markdown(decision: dict, table: str) -> str:
     parts = [f"# Candidate comparison\n\nWinner: **{decision['winner']}** (by {decision['primary']}); "
              f"passed: {', '.join(decision['passed']) or 'none'}; rejected: {', '.join(decision['rejected']) or 'none'}.",
-             "", table, "", "## Gate reasons"]
+             "", table, ""]
+    cc = champion_lines(decision)
+    if cc:
+        parts += ["## Champion / challenger", "", *cc, ""]
+    parts.append("## Gate reasons")
     for n, d in decision["candidates"].items():
         parts.append(f"\n**{n}** ({d.get('model')}): {'PASS' if d['passed'] else 'REJECTED'}")
         parts += [f"- {r}" for r in d["reasons"]]
@@ -102,6 +131,22 @@ def render_html(decision: dict, table_md: str, plot: Path | None) -> str:
     if plot is not None and plot.is_file():
         img = ('<img alt="accuracy-diversity plot" src="data:image/png;base64,'
                + base64.b64encode(plot.read_bytes()).decode() + '"/>')
+    cc_md = champion_lines(decision)
+    cc_html = ""
+    if cc_md:
+        body = []
+        for ln in cc_md:
+            if ln.startswith("|---"):
+                continue
+            if ln.startswith("|"):
+                body.append("<tr>" + "".join(f"<td>{H.escape(c.strip())}</td>" for c in ln.strip("|").split("|"))
+                            + "</tr>")
+            elif ln:
+                body.append(f"<p>{H.escape(ln.replace('**', ''))}</p>")
+        paras = [b for b in body if b.startswith("<p>")]
+        rows_cc = [b for b in body if b.startswith("<tr>")]
+        cc_html = ("<h2>Champion / challenger</h2>" + (paras[0] if paras else "") + "<table>" + "".join(rows_cc)
+                   + "</table>" + "".join(paras[1:]))
     reasons = "".join(
         f"<h3>{H.escape(n)} ({H.escape(str(d.get('model')))}): {'PASS' if d['passed'] else 'REJECTED'}</h3><ul>"
         + "".join(f"<li>{H.escape(r)}</li>" for r in d["reasons"]) + "</ul>"
@@ -111,7 +156,7 @@ def render_html(decision: dict, table_md: str, plot: Path | None) -> str:
             "padding:4px 8px;text-align:right}</style></head><body>"
             f"<h1>Candidate comparison</h1><p>Winner: <b>{H.escape(decision['winner'])}</b> "
             f"(by {H.escape(decision['primary'])})</p><table><thead><tr>{thead}</tr></thead><tbody>{tbody}"
-            f"</tbody></table>{img}<h2>Gate reasons</h2>{reasons}</body></html>")
+            f"</tbody></table>{img}{cc_html}<h2>Gate reasons</h2>{reasons}</body></html>")
 
 
 
@@ -177,6 +222,14 @@ def summarize_run(run_dir: str | Path, wall_s: float | None = None) -> str:
                              "stopping did; raise the pipeline's `epochs` / train_config for a full run)")
     if d:
         lines += ["", comparison_table(d), "", f"winner: {d['winner']} (by {d['primary']})"]
+        cc = d.get("champion_challenger") or {}
+        if cc.get("enabled"):
+            ch = cc.get("champion")
+            best = cc.get("best_baseline")
+            lines.append(f"champion/challenger on {cc['metric']}: best baseline {best or 'none'}"
+                         + (f" {cc['best_baseline_value']:.4f}" if best else "") + "; "
+                         + (f"champion {ch['name']} {_num(ch.get(cc['metric'])) or float('nan'):.4f} ({ch['uri']})" if ch
+                            else cc.get("note", "no champion")))
         for n, cd in d["candidates"].items():
             verdict = "PASSED" if cd["passed"] else "REJECTED"
             failed = [r for r in cd["reasons"] if r.startswith("FAIL")]

@@ -9,7 +9,9 @@ other mirec modules; a step only wires them together:
     build_training_data       mirec.features.training_frame (point-in-time join) -> the trainer's examples
     train_candidate           mirec.train.train (in-process, or a Kubeflow TrainJob / PyTorchJob: mirec.launch)
     evaluate_candidate        mirec.evaluate.evaluate
-    gate                      mirec.gate (thresholds -> decision + reasons; report: mirec.reports)
+    evaluate_baselines        mirec.models' baselines (+ a trained single-interest model), evaluated likewise
+    gate                      mirec.gate (thresholds + champion/challenger vs baselines and the deployed
+                              release -> decision + reasons; report: mirec.reports)
     package_candidates        the serving packager (MARs), only for candidates that passed the gate
     build_monitoring_reference mirec.monitoring.reference (served from each packaged MAR with its own settings)
     deploy                    mirec.release (publish the release, Helm values, TorchServe registration)
@@ -304,9 +306,69 @@ def evaluate_candidate(dataset_dir: str | Path, model_dir: str | Path, out_dir: 
                              f"ild@{n}": _num(r.get(f"ild@{n}"))})
         (out / "tradeoff.json").write_text(json.dumps(tradeoff, indent=2))
     info = {"status": "ok", "candidate": name, "model": read_step(model_dir).get("model"),
-            "split": res.get("split"), "n_users": res.get("n_users"), "metrics": metrics, "tradeoff": tradeoff,
+            "split": res.get("split"), "split_id": res.get("split_id"), "n_users": res.get("n_users"),
+            "metrics": metrics, "tradeoff": tradeoff,
             "seconds": round(time.perf_counter() - t0, 2)}
     return _write_step(out, "evaluate_candidate", info)
+
+
+# ---- 5b. baselines -----------------------------------------------------------------------------------------
+#: the gate's default baselines: popularity and item-kNN (fitted here) and a single-interest model (trained here)
+DEFAULT_BASELINES: list = ["popularity", "itemknn", {"name": "single"}]
+_SAME_EVAL = ("split", "n_values", "exclude_seen", "max_users", "index_kind")  # what makes two evaluations comparable
+
+
+def evaluate_baselines(dataset_dir: str | Path, out_dir: str | Path, baselines: list | None = None,
+                       eval_config: dict | None = None, train_config: dict | None = None,
+                       epochs: int | None = None) -> dict:
+    """The gate's baselines, evaluated like the candidates (same dataset, same split and settings of
+    eval_config: the champion/challenger rule compares on the same offline split). Each entry is a non-neural
+    baseline ("popularity", "itemknn" or {"name": "itemknn", "neighbors": 200, "history_len": 20}: fitted on the
+    training users) or a model to train ("single" or {"name": "single", "dim": 32}: a ModelConfig, trained with
+    train_config / epochs). out_dir/<name>/ gets each one's evaluation record (as evaluate_candidate writes it);
+    out_dir's record lists them with their metrics. An empty list writes status "skipped" (the gate's
+    champion/challenger rule then fails: no baseline to beat)."""
+    from mirec.models import BASELINES, fit_baseline
+
+    out = _fresh_dir(out_dir)
+    entries = DEFAULT_BASELINES if baselines is None else list(baselines)
+    if not entries:
+        return _write_step(out, "evaluate_baselines", {"status": "skipped", "baselines": {},
+                                                       "reason": "no baselines configured"})
+    ec = _deep_intify(dict(eval_config or {}))
+    same = {k: ec[k] for k in _SAME_EVAL if k in ec}
+    if "n_values" in same:
+        same["n_values"] = [int(n) for n in same["n_values"]]
+    done: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    for entry in entries:
+        spec = {"name": entry} if isinstance(entry, str) else _deep_intify(dict(entry))
+        if not spec.get("name"):
+            raise ConfigError(f"baseline entry {entry!r}: give a name (popularity, itemknn, or a model such as single)")
+        kind = str(spec.pop("name"))
+        label = str(spec.pop("label", kind))
+        if label in done or label in ("", ".", "..") or "/" in label:
+            raise ConfigError(f"baseline label {label!r} repeated or not a folder name (set 'label')")
+        if kind in BASELINES:
+            from mirec.data import Dataset
+
+            evaluate = _require("mirec.evaluate", "evaluate", "evaluate_baselines")
+            ds = Dataset(dataset_dir)
+            fitted = fit_baseline(kind, ds.train_sequences(), ds.n_items, **spec)
+            ev = {**same, "n_values": tuple(same.get("n_values", (20, 50)))}
+            res = evaluate(fitted, ds, out_dir=out / label, name=label, **ev)
+            info = {"status": "ok", "candidate": label, "model": kind, "split": res.get("split"),
+                    "split_id": res.get("split_id"), "n_users": res.get("n_users"),
+                    "metrics": {k: v for k, v in res["metrics"].items() if _num(v) is not None}, "params": spec}
+            _write_step(out / label, "evaluate_candidate", info)
+        else:  # a model trained on the same training data (single-interest: K = 1 by construction)
+            model_dir = out / "_models" / label
+            train_candidate(dataset_dir, model_dir, label, {"name": kind, **spec}, train_config, epochs=epochs)
+            info = evaluate_candidate(dataset_dir, model_dir, out / label, label, same)
+        done[label] = {"dir": label, "model": kind, "split_id": info.get("split_id"),
+                       "metrics": info["metrics"]}
+    return _write_step(out, "evaluate_baselines", {"status": "ok", "baselines": done,
+                                                   "eval": same, "seconds": round(time.perf_counter() - t0, 2)})
 
 
 # ---- 7. package ---------------------------------------------------------------------------------------------

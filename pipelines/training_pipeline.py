@@ -2,7 +2,9 @@
 
     data_ingest -> features_materialize -> build_training_data (the trainer's examples from Feast's offline store)
       -> train A | train B (in parallel; CPU, GPU or a distributed TrainJob: the compiled variant)
-      -> evaluate A | evaluate B -> gate (decision + reasons, comparison report)
+      -> evaluate A | evaluate B | baselines (popularity, item-kNN, single-interest: same split)
+      -> gate (thresholds + champion/challenger: beat the best baseline and the release store's deployed champion
+         by a margin; decision + reasons, comparison report)
       -> package_candidates (MARs of the passing candidates only) -> build_monitoring_reference
       -> deploy (publish the release to release_store: what the chart serves and monitors)
 
@@ -30,7 +32,7 @@ import os
 from kfp import dsl, kubernetes
 
 from components import (build_monitoring_reference_op, build_training_data_op, data_ingest_op, deploy_op,
-                        evaluate_candidate_op, features_materialize_op, gate_op, package_candidates_op,
+                        evaluate_baselines_op, evaluate_candidate_op, features_materialize_op, gate_op, package_candidates_op,
                         train_candidate_op)
 from components.image import BASE_IMAGE
 from components.tune import tune_candidate_op
@@ -63,7 +65,13 @@ DEFAULT_CANDIDATE_A = {"name": "mind", "dim": 32}
 DEFAULT_CANDIDATE_B = {"name": "comirec_sa", "dim": 32}
 DEFAULT_TRAIN_CONFIG = {"batch_size": 256, "patience": 2}
 DEFAULT_THRESHOLDS = {"primary": "recall@50", "min_recall@50": 0.02, "min_ndcg@50": 0.005,
-                      "max_interest_cos": 0.95, "max_single_interest_share": 0.9}
+                      "max_interest_cos": 0.95, "max_single_interest_share": 0.9,
+                      # mirec.ab.gate.GateRule: at least the best baseline (re-fitted on the same split), and the deployed
+                      # champion + 2% (relative)
+                      "champion_challenger": {"metric": "recall@50", "margin": 0.02, "baseline_margin": 0.0,
+                                              "margin_kind": "relative"}}
+#: the champion/challenger rule's baselines (mirec.steps.evaluate_baselines): fitted, or trained ({"name": model})
+DEFAULT_BASELINES = ["popularity", "itemknn", {"name": "single"}]
 DEFAULT_EVAL_CONFIG = {"split": "test", "n_values": [20, 50], "tradeoff_lambdas": [0.0, 0.05, 0.1, 0.2, 0.5]}
 #: optional Optuna study for candidate A before it trains (mirec.tune.TuningStep: enabled, trials, epochs, timeout_s,
 #: jobs, seed, space); disabled, the step passes candidate A's configs through unchanged
@@ -137,6 +145,8 @@ def build(variant: str = "cpu"):
         tuning: dict = DEFAULT_TUNING,
         eval_config: dict = DEFAULT_EVAL_CONFIG,
         thresholds: dict = DEFAULT_THRESHOLDS,
+        baselines: list = DEFAULT_BASELINES,
+        champion_release: str = "",
         model_version: str = "",
         package_config: dict = {},
         experiment_split: float = 0.5,
@@ -168,7 +178,9 @@ def build(variant: str = "cpu"):
             distributed_storage_class: Distributed variant: storage class of that PVC (an RWX class); "" = the cluster default.
             tuning: Optuna study for candidate A first: {"enabled": true, "trials": 10}.
             eval_config: Offline evaluation settings (split, n_values, tradeoff_lambdas).
-            thresholds: Gate rules: primary + min_<metric> / max_<metric>.
+            thresholds: Gate rules: primary + min_<metric> / max_<metric>; champion_challenger: {metric, margin (over the champion), baseline_margin, margin_kind, collapse_guards, allow_no_champion, on_split_mismatch} (false = off).
+            baselines: What candidates must beat (same split): popularity, itemknn (fitted), {"name": "single", ...} (trained with train_config/epochs).
+            champion_release: URI of the deployed release (the champion); "" = the newest release under release_store/release_name; "none" = no champion.
             model_version: Version of the packaged models ("" = a UTC timestamp).
             package_config: mirec PackageSpec overrides (index, aggregator, workers...).
             experiment_split: A's share of the A/B traffic in the release (production: e.g. 0.9).
@@ -221,8 +233,15 @@ def build(variant: str = "cpu"):
                                        eval_config=eval_config).set_display_name("evaluate candidate A")
         eval_b = evaluate_candidate_op(training_data=data, model=model_b, name="B",
                                        eval_config=eval_config).set_display_name("evaluate candidate B")
+        base = evaluate_baselines_op(training_data=data, baselines=baselines, eval_config=eval_config,
+                                     train_config=train_config, epochs=epochs)
+        base.set_display_name("baselines (same split)").set_cpu_limit(TRAIN_CPU).set_memory_limit(TRAIN_MEMORY)
         decide = gate_op(evaluation_a=eval_a.outputs["evaluation"], evaluation_b=eval_b.outputs["evaluation"],
-                         thresholds=thresholds).set_display_name("compare + gate")
+                         baselines=base.outputs["evaluation"], thresholds=thresholds, release_store=release_store,
+                         release_name=release_name, champion_release=champion_release)
+        decide.set_display_name("compare + gate (champion/challenger)")
+        kubernetes.use_secret_as_env(decide, secret_name=OBJECT_STORE_SECRET, secret_key_to_env=OBJECT_STORE_KEYS,
+                                     optional=True)  # reads the deployed champion from the release store
         pkg = package_candidates_op(model_a=model_a, model_b=model_b,
                                     evaluation_a=eval_a.outputs["evaluation"], evaluation_b=eval_b.outputs["evaluation"],
                                     decision=decide.outputs["decision"], version=model_version,
@@ -243,6 +262,7 @@ def build(variant: str = "cpu"):
                                      optional=True)
         for task in (eval_a, eval_b, decide, pkg, ref, dep):
             _cluster(task, image, image_pull_secret)
+        _cluster(base, image, image_pull_secret, TRAIN_TIMEOUT_S)  # it may train the single-interest baseline
         for claim_name in cleanup:  # the volumes go once the checkpoints are packaged
             kubernetes.DeletePVC(pvc_name=claim_name).after(pkg).set_display_name("delete a TrainJob volume")
 

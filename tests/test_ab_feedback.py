@@ -146,3 +146,43 @@ def test_unwritable_feedback_log_is_a_503_and_counted(client, tmp_path):
     assert r.status_code == 503 and "retry" in r.json()["error"]
     assert _counter(client, "mirec_api_feedback_log_errors_total") == 1
     assert client.get("/healthz").status_code == 200
+
+
+def test_feedback_log_is_hourly_with_the_served_logs_writer(client, tmp_path):
+    """The feedback log is written by the served log's writer (one class, one layout): one file per UTC hour of the
+    events' ts, a late event appended to its own hour's file; `mirec ab report` given the log's path reads every
+    hourly file of it."""
+    from mirec.ab.events import expand_paths, read_feedback
+    from mirec.serving.logwriter import JsonLinesLog, utc_hour
+
+    route, served = client.app.state.feedback, client.app.state.writer
+    assert isinstance(route.writer, JsonLinesLog) and isinstance(served, JsonLinesLog)
+    assert type(route.writer._handler) is type(served._handler) and route.writer._handler.hourly
+    now = datetime.now(timezone.utc)
+    if now.minute == 59 and now.second > 50:  # keep "now" inside one hour for the whole test
+        import time
+
+        time.sleep(11)
+        now = datetime.now(timezone.utc)
+    h = utc_hour(now)
+    r = client.post("/recommend", json={"user_id": "u1", "history": ["item-1"], "n": 5}, headers={"X-Request-Id": "q"})
+    item = r.json()["items"][0]["item_id"]
+    ev = {"request_id": "q", "user_id": "u1", "item_id": item, "type": "click"}
+    for ts in (h - timedelta(hours=2, minutes=-5), now, h - timedelta(minutes=30)):  # the last one: late
+        assert client.post("/feedback", json={**ev, "ts": ts.isoformat()}).status_code == 200
+    names = {p.name: _lines(p) for p in sorted(tmp_path.glob("feedback.jsonl*"))}
+    stamp = lambda t: utc_hour(t).strftime("%Y-%m-%dT%H")  # noqa: E731
+    assert set(names) == {"feedback.jsonl", f"feedback.jsonl.{stamp(h - timedelta(hours=2))}",
+                          f"feedback.jsonl.{stamp(h - timedelta(hours=1))}"}
+    for name, lines in names.items():  # every file holds exactly its hour's events
+        hour = stamp(now) if name == "feedback.jsonl" else name.rsplit(".", 1)[1]
+        assert len(lines) == 1 and stamp(datetime.fromisoformat(lines[0]["ts"])) == hour, name
+    # the log's own path means all of it (the report's --feedback logs/feedback.jsonl)
+    assert len(expand_paths(tmp_path / "feedback.jsonl")) == 3
+    assert len(read_feedback(tmp_path / "feedback.jsonl").table) == 3
+    from mirec.ab.events import read_served
+    from mirec.ab.join import join_feedback
+
+    sv = read_served(tmp_path / "served.jsonl")
+    j = join_feedback(sv.table, sv.items, read_feedback(tmp_path / "feedback.jsonl").table)
+    assert list(j["join"]) == ["request_id"] * 3

@@ -54,4 +54,4 @@ def test_ab_pipeline_runs_locally(tmp_path, monkeypatch):
     run_dir = max((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
     rep = json.loads(next(run_dir.glob("ab-report-op/report_json")).joinpath("report.json").read_text())
     assert rep["decision"]["status"] == "winner" and rep["decision"]["winner"] == "B"
-    assert "data:image/png" in next(run_dir.glob("ab-report-op/report")).read_text()
+    assert "<svg " in next(run_dir.glob("ab-report-op/report")).read_text()  # the plots (inline SVG)

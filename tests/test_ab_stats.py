@@ -6,6 +6,7 @@ champion/challenger gate and the CLI."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -126,7 +127,13 @@ def test_report_names_the_better_arm_writes_json_and_html_and_promotes(tmp_path)
     assert c["ci_low"] > 0 and c["always_valid_p_running"] <= 0.05
     paths = write_report(rep, tmp_path / "out")
     html = Path(paths["html"]).read_text()
-    assert "data:image/png;base64," in html and "Decision" in html
+    assert "Decision" in html
+    # the plots: inline SVG from the per-day aggregates (one chart per metric + difference + sequential test)
+    import xml.etree.ElementTree as ET
+
+    svgs = re.findall(r"<svg .*?</svg>", html)
+    assert len(svgs) == 6 and all(ET.fromstring(x).tag.endswith("svg") for x in svgs)
+    assert "ctr (cumulative, 95% CI)" in html and "<polygon" in svgs[0] and "ctr: sequential test" in html
     again = load_report(tmp_path / "out")
     assert again.decision == rep.decision
     plan = promotion_plan(again, [0.5, 1.0])
@@ -182,7 +189,7 @@ def test_cli_report_and_promote(tmp_path):
 
 
 # ---- offline champion/challenger gate ------------------------------------------------------------------------
-GOOD = {"recall@50": 0.20, "mean_pairwise_cos": 0.3, "effective_interests": 2.5}
+GOOD = {"recall@50": 0.20, "interest_cos": 0.3, "effective_interests": 2.5}
 BASELINES = {"itemknn": {"recall@50": 0.15}, "popularity": {"recall@50": 0.05}}
 
 
@@ -192,19 +199,46 @@ def test_gate_needs_to_beat_the_best_baseline_and_the_champion_by_the_margin():
     assert d.promote and d.best_baseline == "itemknn" and d.champion == 0.18
     d = champion_challenger_decision(GOOD, BASELINES, {"recall@50": 0.195}, rule)  # 0.20 < 0.195 * 1.05
     assert not d.promote and any("FAIL beats champion" in r for r in d.reasons)
-    d = champion_challenger_decision(GOOD, {"itemknn": {"recall@50": 0.199}}, None, rule)
+    # against the baselines: at least equal by default (baseline_margin 0), or a margin of its own / `margin`
+    assert champion_challenger_decision(GOOD, {"itemknn": {"recall@50": 0.199}}, None, rule).promote
+    d = champion_challenger_decision(GOOD, {"itemknn": {"recall@50": 0.2001}}, None, rule)
     assert not d.promote and any("FAIL beats baselines" in r for r in d.reasons)
+    d = champion_challenger_decision(GOOD, {"itemknn": {"recall@50": 0.199}}, None,
+                                     rule.model_copy(update={"baseline_margin": None}))  # 0.20 < 0.199 * 1.05
+    assert not d.promote and any("FAIL beats baselines" in r and "margin 0.05" in r for r in d.reasons)
     d = champion_challenger_decision(GOOD, BASELINES, None, rule)
     assert d.promote  # first release: no champion yet
     assert not champion_challenger_decision(GOOD, BASELINES, None, rule.model_copy(update={"allow_no_champion": False})).promote
 
 
 def test_gate_collapse_guards():
-    collapsed = {**GOOD, "mean_pairwise_cos": 0.97}
+    collapsed = {**GOOD, "interest_cos": 0.97}  # the evaluate step's name for the mean pairwise cosine
     d = champion_challenger_decision(collapsed, BASELINES, None, GateRule())
-    assert not d.promote and any("FAIL collapse mean_pairwise_cos" in r for r in d.reasons)
+    assert not d.promote and any("FAIL collapse interest_cos" in r for r in d.reasons)
     rule = GateRule(collapse_guards=[CollapseGuard(metric="effective_interests", op=">=", bound=3.0)])
     assert not champion_challenger_decision(GOOD, BASELINES, None, rule).promote
+
+
+def test_gate_compares_only_on_the_same_split():
+    rule = GateRule(margin=0.05)
+    cand = {**GOOD, "split_id": "s1"}
+    base = {n: {**b, "split_id": "s1"} for n, b in BASELINES.items()}
+    assert champion_challenger_decision(cand, base, {"recall@50": 0.1, "split_id": "s1"}, rule).promote
+    d = champion_challenger_decision(cand, base, {"recall@50": 0.1, "split_id": "s0"}, rule, "mirec_a")
+    assert not d.promote and any(r.startswith("FAIL champion on the same split") and "mirec_a on s0" in r
+                                 for r in d.reasons)
+    d = champion_challenger_decision(cand, {**base, "itemknn": BASELINES["itemknn"]}, None, rule)  # unknown split
+    assert not d.promote and any("itemknn on an unknown split" in r for r in d.reasons)
+    warn = rule.model_copy(update={"on_split_mismatch": "warn"})
+    assert champion_challenger_decision(cand, base, {"recall@50": 0.1, "split_id": "s0"}, warn).promote
+
+
+def test_champion_metrics_flattened_from_the_packaged_evaluation():
+    from mirec.ab.gate import flat_metrics
+
+    packaged = {"model": "mind", "split": "test", "split_id": "ab12", "n_users": 200, "metrics": {"recall@50": 0.3}}
+    assert flat_metrics(packaged) == {"recall@50": 0.3, "split": "test", "split_id": "ab12", "n_users": 200}
+    assert flat_metrics({"recall@50": 0.3}) == {"recall@50": 0.3}
 
 
 def test_champion_metrics_from_a_release_directory(tmp_path):
@@ -261,3 +295,18 @@ def test_champion_challenger_as_an_extra_rule_of_the_pipeline_gate():
     d = gate.decide(cands, "recall@50", [], [rule])
     assert d["passed"] == ["B"] and d["winner"] == "B"
     assert any("FAIL beats champion" in r for r in d["candidates"]["A"]["reasons"])
+
+
+def test_a_logs_path_means_the_file_and_every_file_rotated_from_it(tmp_path):
+    """`mirec ab report --feedback logs/feedback.jsonl`: the hourly files (and size splits, single-layout stamps)
+    rotated from it are read too, also before the current hour's file exists; other files are not."""
+    from mirec.ab.events import expand_paths
+
+    rotated = ["feedback.jsonl.2026-01-01T10", "feedback.jsonl.2026-01-01T10.1", "feedback.jsonl.2026-01-01T11",
+               "feedback.jsonl.20260101T120000.123456Z"]
+    for name in [*rotated, "feedback.jsonl.bak", "feedback.jsonl2", "served.jsonl.2026-01-01T10"]:
+        (tmp_path / name).write_text("{}\n")
+    assert [p.name for p in expand_paths(tmp_path / "feedback.jsonl")] == sorted(rotated)
+    (tmp_path / "feedback.jsonl").write_text("{}\n")
+    assert [p.name for p in expand_paths(str(tmp_path / "feedback.jsonl"))] == sorted(["feedback.jsonl", *rotated])
+    assert [p.name for p in expand_paths(tmp_path / "feedback.jsonl.2026-01-01T11")] == ["feedback.jsonl.2026-01-01T11"]

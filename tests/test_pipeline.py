@@ -191,12 +191,137 @@ def test_submit_pytorchjob_with_fake_api():
 
 
 # ---- gate ---------------------------------------------------------------------------------------------------
-def _fake_eval(tmp: Path, name: str, **metrics) -> Path:
+def _fake_eval(tmp: Path, name: str, split_id: str | None = None, **metrics) -> Path:
     d = tmp / f"eval_{name}"
     d.mkdir()
     (d / steps.STEP_FILE).write_text(json.dumps({"step": "evaluate_candidate", "status": "ok", "candidate": name,
-                                                 "model": "mind", "metrics": metrics}))
+                                                 "model": "mind", "split_id": split_id, "metrics": metrics}))
     return d
+
+
+def _fake_baselines(tmp: Path, split_id: str = "s1", **recall: float) -> Path:
+    """The evaluate_baselines step's record: name -> recall@50 on split `split_id`."""
+    d = tmp / "baselines"
+    d.mkdir()
+    (d / steps.STEP_FILE).write_text(json.dumps({"step": "evaluate_baselines", "status": "ok", "baselines": {
+        n: {"dir": n, "model": n, "split_id": split_id, "metrics": {"recall@50": v}} for n, v in recall.items()}}))
+    return d
+
+
+def _publish_champion(store: Path, version: str, recall: float, split_id: str = "s1") -> str:
+    """A release published as the deploy step does: package.json's candidate metrics are its metrics.json."""
+    from mirec.release.store import build_manifest, publish_release, write_manifest
+
+    local = store.parent / f"staged_{version}"
+    local.mkdir()
+    (local / "package.json").write_text(json.dumps({"candidates": [{"name": "mirec_a", "version": version, "metrics": {
+        "model": "mind", "split": "test", "split_id": split_id, "n_users": 200, "metrics": {"recall@50": recall}}}]}))
+    (local / "values-release.yaml").write_text(
+        "api:\n  settings:\n    experiment:\n      arms:\n      - {name: A, model: mirec_a, weight: 1.0}\n")
+    write_manifest(local, build_manifest(local, "mirec", version, f"2026-01-0{version}T00:00:00+00:00"))
+    publish_release(local, f"{store.as_uri()}/mirec/{version}")
+    return store.as_uri()
+
+
+_OK = {"ndcg@50": 0.1, "interest_cos": 0.4, "single_interest_share": 0.0, "effective_interests": 2.5}
+
+
+def test_gate_champion_challenger_refuses_what_does_not_beat_the_deployed_champion(tmp_path):
+    """A beats the best baseline but not the champion: refused with the numbers; B beats both: promoted. The
+    champion is the newest release in the store (v2), read from its package.json."""
+    a = _fake_eval(tmp_path, "A", "s1", **{"recall@50": 0.25, **_OK})
+    b = _fake_eval(tmp_path, "B", "s1", **{"recall@50": 0.28, **_OK})
+    base = _fake_baselines(tmp_path, itemknn=0.20, popularity=0.10, single=0.18)
+    store = tmp_path / "store"
+    _publish_champion(store, "1", 0.30)
+    uri = _publish_champion(store, "2", 0.26)  # the newer one is the deployed champion
+    th = {"champion_challenger": {"margin": 0.02}}
+    d = steps.gate({"A": a, "B": b}, th, tmp_path / "gate", baselines_dir=base, release_store=uri)
+    assert d["passed"] == ["B"] and d["winner"] == "B" and d["rejected"] == ["A"]
+    ra, rb = d["candidates"]["A"]["reasons"], d["candidates"]["B"]["reasons"]
+    assert "PASS beats baselines: 0.2500 (needs >= 0.2000; best baseline itemknn recall@50 = 0.2000, margin 0 " \
+           "(relative))" in ra  # baseline_margin 0 by default: at least equal to the best baseline
+    assert "FAIL beats champion: 0.2500 (needs >= 0.2652; champion mirec_a recall@50 = 0.2600, margin 0.02 " \
+           "(relative))" in ra
+    assert any(r.startswith("PASS beats champion: 0.2800") for r in rb)
+    assert any(r.startswith("PASS champion on the same split") for r in rb)
+    cc = d["champion_challenger"]
+    assert cc["enabled"] and not cc["first_release"] and cc["best_baseline"] == "itemknn"
+    assert cc["champion"]["uri"].endswith("/mirec/2") and cc["champion"]["recall@50"] == 0.26
+    md = (tmp_path / "gate" / "report.md").read_text()
+    assert "## Champion / challenger" in md and "| baseline itemknn (best) | 0.2000 | s1 |" in md
+    assert "| champion mirec_a (" in md and "FAIL beats champion" in md
+    assert "Champion / challenger" in (tmp_path / "gate" / "report.html").read_text()
+    assert steps.read_step(tmp_path / "gate")["champion_challenger"]["champion"] == "mirec_a"
+    # an explicit champion release (e.g. the older, still deployed v1) wins over "the newest"
+    d1 = steps.gate({"A": a, "B": b}, th, tmp_path / "gate1", baselines_dir=base, release_store=uri,
+                    champion_release=f"{uri}/mirec/1")
+    assert d1["winner"] == "none" and d1["champion_challenger"]["champion"]["recall@50"] == 0.30
+
+
+def test_gate_champion_challenger_first_release_decides_on_the_baselines_alone(tmp_path):
+    a = _fake_eval(tmp_path, "A", "s1", **{"recall@50": 0.25, **_OK})
+    b = _fake_eval(tmp_path, "B", "s1", **{"recall@50": 0.19, **_OK})  # below itemknn: refused
+    base = _fake_baselines(tmp_path, itemknn=0.20, popularity=0.10)
+    empty = (tmp_path / "store").as_uri()  # nothing published yet
+    d = steps.gate({"A": a, "B": b}, None, tmp_path / "gate", baselines_dir=base, release_store=empty)
+    assert d["passed"] == ["A"] and d["winner"] == "A"  # on by default when the step gets baselines
+    cc = d["champion_challenger"]
+    assert cc["first_release"] and cc["champion"] is None and "first release" in cc["note"]
+    assert any(r.startswith("PASS beats champion: 0.2500 (needs a champion; no champion deployed (first release): "
+                            "decided on the baselines alone)") for r in d["candidates"]["A"]["reasons"])
+    assert any(r.startswith("FAIL beats baselines: 0.1900") for r in d["candidates"]["B"]["reasons"])
+    md = (tmp_path / "gate" / "report.md").read_text()
+    assert "first release, decided on the baselines rule alone" in md
+    # required champion: refused; switched off: the thresholds alone
+    strict = {"champion_challenger": {"allow_no_champion": False}}
+    assert steps.gate({"A": a}, strict, tmp_path / "g2", baselines_dir=base, release_store=empty)["winner"] == "none"
+    for i, switched_off in enumerate((None, False)):  # false: what a kfp dict parameter can carry
+        off = steps.gate({"A": a, "B": b}, {"champion_challenger": switched_off}, tmp_path / f"g3{i}",
+                         baselines_dir=base)
+        assert off["passed"] == ["A", "B"] and off["champion_challenger"] == {"enabled": False}
+    # no baselines evaluated: nothing shows the candidate is any good -> refused
+    (tmp_path / "nb").mkdir()
+    none = _fake_baselines(tmp_path / "nb")
+    assert steps.gate({"A": a}, None, tmp_path / "g4", baselines_dir=none)["winner"] == "none"
+
+
+def test_gate_champion_on_another_split_is_not_compared(tmp_path):
+    a = _fake_eval(tmp_path, "A", "s1", **{"recall@50": 0.30, **_OK})
+    base = _fake_baselines(tmp_path, itemknn=0.20)
+    uri = _publish_champion(tmp_path / "store", "1", 0.10, split_id="s0")  # a weaker champion, other split
+    d = steps.gate({"A": a}, None, tmp_path / "gate", baselines_dir=base, release_store=uri)
+    assert d["winner"] == "none"
+    assert any(r.startswith("FAIL champion on the same split") and "re-evaluate" in r
+               for r in d["candidates"]["A"]["reasons"])
+    warn = {"champion_challenger": {"on_split_mismatch": "warn"}}
+    assert steps.gate({"A": a}, warn, tmp_path / "g2", baselines_dir=base, release_store=uri)["winner"] == "A"
+    with pytest.raises(ConfigError, match="champion_challenger"):
+        steps.gate({"A": a}, {"champion_challenger": {"margn": 0.1}}, tmp_path / "g3", baselines_dir=base)
+
+
+def test_evaluate_baselines_on_the_candidates_split(tmp_path):
+    """The baselines step fits popularity / item-kNN on the training users and evaluates them on the split the
+    candidates are evaluated on (same fingerprint)."""
+    from mirec.data import Dataset
+    from mirec.evaluate import split_fingerprint
+
+    data = tmp_path / "data"
+    steps.data_ingest(data, data_config={"synth": {"n_users": 120, "n_items": 120, "n_categories": 4}})
+    info = steps.evaluate_baselines(data, tmp_path / "base", ["popularity", {"name": "itemknn", "neighbors": 20}],
+                                    {"split": "test", "n_values": [10, 50], "tradeoff_lambdas": [0.1]})
+    assert info["status"] == "ok" and list(info["baselines"]) == ["popularity", "itemknn"]
+    ds = Dataset(data)
+    fp = split_fingerprint(ds, "test", ds.eval_examples("test"))
+    for n, b in info["baselines"].items():
+        assert b["split_id"] == fp and 0 < b["metrics"]["recall@50"] <= 1, n
+        assert steps.read_step(tmp_path / "base" / n)["split_id"] == fp
+    from mirec.gate import read_baselines
+
+    assert read_baselines(tmp_path / "base")["itemknn"]["split_id"] == fp
+    assert steps.evaluate_baselines(data, tmp_path / "none", [])["status"] == "skipped"
+    with pytest.raises(ConfigError):
+        steps.evaluate_baselines(data, tmp_path / "bad", [{"neighbors": 3}])
 
 
 def test_gate_rejects_collapsed_and_picks_winner(tmp_path):

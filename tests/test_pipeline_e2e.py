@@ -4,7 +4,11 @@
 2. re-running with the fixed inputs -- from the *compiled YAML* (pipelines/compiled/training_pipeline.yaml,
    kept equal to the Python pipeline by test_pipeline.py) -- completes into a fresh run directory;
 3. every artifact exists, and the gate rejects the deliberately bad candidate B (a MIND whose routing starts
-   from zero logits: its K interests are identical = collapsed) while A ships: MAR, reference, Helm values;
+   from zero logits: its K interests are identical = collapsed) while A ships: MAR, reference, Helm values; the
+   single-interest baseline is evaluated on the candidates' split (the champion/challenger rule itself is off in
+   TINY_PARAMS: every baseline beats a 1-epoch model); the rule on the run's artifacts with an empty store decides
+   on the baselines alone and says so; gated against the release the run published (A is the champion then),
+   A is refused: it does not beat itself;
 4. a step re-run over its previous output overwrites it cleanly (idempotent);
 5. the run publishes its release to a real local S3-compatible server (moto's server: a STAND-IN FOR S3,
    tests/servers.py), and a chart-like start -- the rendered chart's own commands and config files (the fetcher
@@ -62,7 +66,8 @@ def runs(tmp_path_factory, s3):
     store = f"s3://{BUCKET}/releases" if s3 else (root.parent / "release-store").as_uri()
     res = run_main({**GOOD, "release_store": store}, pipeline_root=root,
                    compiled=REPO / "pipelines" / "compiled" / "training_pipeline.yaml", echo=lambda s: None)
-    return {"root": root, "error": str(failed.value), "failed_dirs": failed_dirs, "res": res, "s3": s3}
+    return {"root": root, "error": str(failed.value), "failed_dirs": failed_dirs, "res": res, "s3": s3,
+            "store": store}
 
 
 def test_failed_step_fails_loudly(runs):
@@ -104,6 +109,24 @@ def test_every_artifact_exists_and_gate_rejects_bad_candidate(runs):
     gate_dir = Path(c["decision_dir"])
     assert "accuracy-diversity" in (gate_dir / "report.html").read_text()
     assert (run / "gate-op" / "report_html").is_file() and (run / "gate-op" / "report_md").is_file()
+    # champion/challenger: the baselines on the candidates' split; a first release (empty store): baselines alone
+    base = s["evaluate_baselines"][0]
+    assert base["status"] == "ok" and list(base["baselines"]) == ["single"]
+    ev_a = next(r for r in s["evaluate_candidate"] if r["candidate"] == "A")
+    assert base["baselines"]["single"]["split_id"] == ev_a["split_id"]
+    assert d["champion_challenger"] == {"enabled": False}  # TINY_PARAMS: off (every baseline beats 1 epoch)
+    # the rule on these artifacts with nothing published yet: a first release, decided on the baselines alone
+    cc_d = steps.gate({r["candidate"]: r["path"] for r in s["evaluate_candidate"]}, {"champion_challenger": {}},
+                      run.parent / "gate-first-release", baselines_dir=base["path"],
+                      release_store=(run.parent / "empty-store").as_uri())
+    cc = cc_d["champion_challenger"]
+    assert cc["enabled"] and cc["first_release"] and cc["champion"] is None and cc["best_baseline"] == "single"
+    ra = cc_d["candidates"]["A"]["reasons"]
+    assert any(r.startswith(("PASS beats baselines", "FAIL beats baselines")) and "best baseline single" in r
+               for r in ra)
+    assert any(r.startswith("PASS beats champion") and "no champion deployed (first release)" in r for r in ra)
+    assert "first release, decided on the baselines rule alone" in (
+        run.parent / "gate-first-release" / "report.md").read_text()
     # MARs: A packaged (as its own Model artifact too), B not
     pkg = s["package_candidates"]
     main = next(r for r in pkg if "mars" in r)
@@ -145,6 +168,24 @@ def test_steps_rerun_idempotently(runs, tmp_path):
     dep2 = steps.deploy(pkg, tmp_path / "dep")
     assert dep1["arms"] == dep2["arms"]
     assert sorted(p.name for p in (tmp_path / "dep").iterdir()) == ["_step.json", "release", "values-release.yaml"]
+
+
+def test_gate_against_the_champion_the_run_published(runs, tmp_path):
+    """The gate step again on this run's evaluations, now that the run's release (A as mirec_a, evaluated on the
+    same split) is in the store: A does not beat the deployed champion (itself) by the margin and is refused."""
+    run = Path(runs["res"]["run_dir"])
+    c = steps.collect_run(run)
+    ev = {r["candidate"]: r["path"] for r in c["steps"]["evaluate_candidate"]}
+    base = c["steps"]["evaluate_baselines"][0]["path"]
+    d = steps.gate(ev, {"champion_challenger": {}}, tmp_path / "gate", baselines_dir=base,
+                   release_store=runs["store"])
+    cc = d["champion_challenger"]
+    assert not cc["first_release"] and cc["champion"]["name"] == "mirec_a"
+    assert cc["champion"]["split_id"] == c["steps"]["evaluate_candidate"][0]["split_id"]
+    assert d["winner"] == "none" and "A" in d["rejected"]
+    ra = d["candidates"]["A"]["reasons"]
+    assert any(r.startswith("FAIL beats champion") and "champion mirec_a recall@50 =" in r for r in ra)
+    assert any(r.startswith("PASS champion on the same split") for r in ra)
 
 
 def test_deploy_registers_mar_with_a_real_torchserve(runs, tmp_path):

@@ -8,6 +8,7 @@ used and is counted per file (`LogRead.bad_lines`, shown in the report): nothing
 from __future__ import annotations
 
 import glob as globmod
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,16 +37,31 @@ _FEEDBACK_SCHEMA = pa.schema([
 ])
 
 
+#: the rotated files of a log <path> (mirec.serving.logwriter): <path>.<YYYY-MM-DDTHH>[.n] (hourly) or
+#: <path>.<YYYYmmddTHHMMSS.ffffffZ>[-n] (single layout)
+_ROTATED = re.compile(r"^\.(\d{4}-\d{2}-\d{2}T\d{2}(\.\d+)?|\d{8}T\d{6}\.\d{6}Z(-\d+)?)$")
+
+
+def rotated_files(base: Path) -> list[Path]:
+    """The files the API's log writer rotated `base` into (every hour's file of an hourly log), sorted."""
+    if not base.parent.is_dir():
+        return []
+    return sorted(x for x in base.parent.glob(globmod.escape(base.name) + ".*")
+                  if x.is_file() and _ROTATED.match(x.name[len(base.name):]))
+
+
 def expand_paths(spec: str | Path | list) -> list[Path]:
-    """A file, a folder (its *.jsonl*), a glob, or a list of those -> the files, sorted; DataError if none."""
+    """A file, a folder (its *.jsonl*), a glob, or a list of those -> the files, sorted; DataError if none.
+    A log's own path (`logs/feedback.jsonl`) means the whole log: the file and every file it was rotated into
+    (`feedback.jsonl.2026-01-01T10`, ...: the hourly layout), also when the current file does not exist."""
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
     out: list[Path] = []
     for s in specs:
         p = Path(s)
         if p.is_dir():
             out += sorted(x for x in p.glob("*.jsonl*") if x.is_file())
-        elif p.is_file():
-            out.append(p)
+        elif p.is_file() or rotated_files(p):
+            out += ([p] if p.is_file() else []) + rotated_files(p)
         else:
             out += sorted(Path(x) for x in globmod.glob(str(s)) if Path(x).is_file())
     if not out:

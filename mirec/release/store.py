@@ -140,6 +140,33 @@ def read_manifest(uri: str) -> ReleaseManifest:
         raise ReleaseError(f"cannot read {uri}/{MANIFEST}: {type(exc).__name__}: {exc}") from None
 
 
+def latest_release(store_uri: str, release: str) -> str | None:
+    """The URI of the newest version published under <store>/<release>/ (largest release.json `created`, then
+    version), or None when none is. A version folder without release.json (a publish that did not finish) is
+    skipped. The training gate's default champion (mirec.ab.gate.resolve_champion)."""
+    fs, base = open_fs(f"{store_uri.rstrip('/')}/{release}")
+    base = base.rstrip("/")
+    try:
+        entries = fs.ls(base, detail=True)
+    except FileNotFoundError:
+        return None
+    except (OSError, PermissionError) as exc:
+        raise ReleaseError(f"cannot list {store_uri}/{release}: {type(exc).__name__}: {exc}") from None
+    best: tuple[tuple[str, str], str] | None = None
+    for e in entries:
+        if e.get("type") != "directory":
+            continue
+        version = str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+        try:
+            uri = release_uri(store_uri, release, version)
+            m = read_manifest(uri)
+        except (ConfigError, ReleaseError):
+            continue
+        if best is None or (m.created, m.version) > best[0]:
+            best = ((m.created, m.version), uri)
+    return best[1] if best else None
+
+
 def _selected(manifest: ReleaseManifest, parts: Sequence[str]) -> list[ReleaseFile]:
     if not parts:
         return list(manifest.files)

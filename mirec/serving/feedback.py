@@ -10,7 +10,8 @@ MAX_FEEDBACK_BATCH events, 422 a field of the wrong type / out of range / unknow
 (nothing silently dropped: the client knows exactly what was recorded).
 
 Every accepted event is one `FeedbackLog` line in the feedback log (the served log's folder, `feedback.jsonl`,
-rotated with the served log's settings, each line flushed when written). A log write that fails answers 503 so
+written by the served log's writer with its settings: hourly files `feedback.jsonl.<YYYY-MM-DDTHH>` by default,
+each line filed by its event `ts` and flushed when written). A log write that fails answers 503 so
 the client retries: unlike a served-log line, a lost feedback line is a lost outcome.
 Clicks, add-to-carts and purchases then update the user's recent-items history in the Feast online store
 (`mirec.features.push.HistoryPusher`, when the settings name a Feast repo), so the user's next /recommend sees
@@ -36,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
 from mirec.serving.ab import assign
-from mirec.serving.logwriter import SizeAndTimeRotatingHandler
+from mirec.serving.logwriter import JsonLinesLog
 from mirec.serving.schema import (HISTORY_TYPES, MAX_FEEDBACK_BATCH, FeedbackBatch, FeedbackEvent, FeedbackLog)
 from mirec.serving.service import BadRequest, error_body, safe_text
 
@@ -49,7 +50,8 @@ PUSH_TIMEOUT_S = 1.0  # the history update's deadline inside the request (it goe
 
 
 def feedback_log_path(served_log_path: str | Path | None) -> Path | None:
-    """The feedback log lives beside the served log (same volume, same rotation): <dir>/feedback.jsonl."""
+    """The feedback log lives beside the served log (same volume, same layout and rotation): <dir>/feedback.jsonl
+    (+ its rotated files, hourly: feedback.jsonl.<YYYY-MM-DDTHH>)."""
     return Path(served_log_path).with_name(FEEDBACK_LOG_NAME) if served_log_path else None
 
 
@@ -125,31 +127,15 @@ def encode_feedback(record: FeedbackLog) -> str:
         return json.dumps(record.model_dump(mode="json"), ensure_ascii=True, separators=(",", ":"))
 
 
-class FeedbackLogWriter:
-    """Append-only, thread-safe JSON lines, flushed per line, rotated like the served log. Raises on failure:
-    the route turns that into a 503 (the client keeps the events and retries)."""
+class FeedbackLogWriter(JsonLinesLog):
+    """The feedback log: the served log's writer (mirec.serving.logwriter.JsonLinesLog: same layout, rotation,
+    retention; hourly by default, each line filed by the hour of its event `ts`). Raises on failure: the route
+    turns that into a 503 (the client keeps the events and retries)."""
 
-    def __init__(self, path: str | Path | None, max_bytes: int = 0, every_s: int = 0, backup_count: int = 0):
-        self.path = Path(path) if path else None
-        self._lock = threading.Lock()
-        self._handler = None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handler = SizeAndTimeRotatingHandler(self.path, max_bytes, every_s, backup_count)
+    channel = "mirec.feedback"
 
     def write_many(self, records: list[FeedbackLog]) -> None:
-        if self._handler is None:
-            return
-        lines = [encode_feedback(r) for r in records]
-        with self._lock:
-            for line in lines:
-                self._handler.handle(logging.LogRecord("mirec.feedback", logging.INFO, __file__, 0, line, None, None))
-
-    def close(self) -> None:
-        with self._lock:
-            if self._handler is not None:
-                self._handler.close()
-                self._handler = None
+        self.append([(encode_feedback(r), r.ts) for r in records])
 
 
 class FeedbackMetrics:
@@ -171,9 +157,7 @@ class FeedbackRoute:
 
     def __init__(self, settings, registry: CollectorRegistry, pusher=None):
         self.settings = settings
-        r = settings.log_rotation
-        self.writer = FeedbackLogWriter(feedback_log_path(settings.log_path), max_bytes=r.max_bytes,
-                                        every_s=r.every_s, backup_count=r.backup_count)
+        self.writer = FeedbackLogWriter.from_settings(settings, feedback_log_path(settings.log_path))
         self.metrics = FeedbackMetrics(registry)
         self._pusher = pusher
         self._pusher_error: str | None = None

@@ -1,4 +1,6 @@
-"""Writes the served log: one `ServedLog` JSON line per answered request (what monitoring reads).
+"""Writes the API's JSON-lines logs: the served log (one `ServedLog` line per answered request, what monitoring
+and the A/B report read) and the feedback log (one `FeedbackLog` line per event, mirec.serving.feedback). Both
+are a `JsonLinesLog` with the same layout, rotation and retention; each line is filed by its own `ts`.
 
 Layout, rotation and retention (`ApiSettings.log_rotation`, `LogRotation`):
 - **hourly** (the default): the current hour's lines go to `<path>`; at the first line of a later UTC hour the
@@ -13,9 +15,10 @@ Layout, rotation and retention (`ApiSettings.log_rotation`, `LogRotation`):
 In both, only the newest `backup_count` rotated files are kept when it is > 0. Built on
 `logging.handlers.BaseRotatingHandler` (its lock, its rollover hooks).
 
-The writer never fails the request it logs: a record that cannot be encoded as UTF-8 (a lone surrogate such as
+The served-log writer never fails the request it logs: a record that cannot be encoded as UTF-8 (a lone surrogate such as
 "\\ud800" is valid JSON in a request but not encodable) is written with those characters escaped ("\\\\ud800"),
-and a write that fails (disk full, ...) is logged and counted (`errors`), not raised.
+and a write that fails (disk full, ...) is logged and counted (`errors`), not raised. The feedback writer raises
+instead (the API answers 503 and the client retries: a lost outcome would bias the test).
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ class SizeAndTimeRotatingHandler(logging.handlers.BaseRotatingHandler):
             try:
                 p.unlink()
             except OSError as exc:
-                log.warning("cannot delete the rotated served log %s: %s", p, exc)
+                log.warning("cannot delete the rotated log file %s: %s", p, exc)
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         if self.stream is None:
@@ -203,14 +206,16 @@ def _escape(v):
     return v
 
 
-class ServedLogWriter:
-    """Append-only JSON-lines writer, safe across threads; each line is flushed when written; rotated by
-    size/age with retention (see the module doc)."""
+class JsonLinesLog:
+    """Append-only JSON-lines log, safe across threads; each line is flushed when written and filed by the hour
+    of its own time (hourly layout); rotated by size/hour or age with retention (see the module doc). `append`
+    raises when a line cannot be written. None as the path: nothing is written."""
+
+    channel = "mirec.log"
 
     def __init__(self, path: str | Path | None, max_bytes: int = 0, every_s: int = 0, backup_count: int = 0,
                  hourly: bool = False, retention_hours: int = 0):
         self.path = Path(path) if path else None
-        self.errors = 0
         self._lock = threading.Lock()
         self._handler: SizeAndTimeRotatingHandler | None = None
         if self.path is not None:
@@ -219,33 +224,50 @@ class ServedLogWriter:
                                                        retention_hours)
 
     @classmethod
-    def from_settings(cls, settings) -> "ServedLogWriter":
+    def from_settings(cls, settings, path: str | Path | None = None):
+        """The writer of `path` (default: the served log, `settings.log_path`) with the API's `log_rotation`."""
         r = settings.log_rotation
-        return cls(settings.log_path, max_bytes=r.max_bytes, every_s=r.every_s, backup_count=r.backup_count,
-                   hourly=r.hourly, retention_hours=r.retention_hours)
+        return cls(path if path is not None else settings.log_path, max_bytes=r.max_bytes, every_s=r.every_s,
+                   backup_count=r.backup_count, hourly=r.hourly, retention_hours=r.retention_hours)
 
-    def write(self, record: ServedLog) -> bool:
-        """Write one line; False (logged, counted in `errors`) if it could not be written. Never raises."""
+    def append(self, lines: list[tuple[str, datetime]]) -> None:
+        """Write (JSON line, its time) pairs in order; each goes to the file of its time's UTC hour (hourly)."""
         if self._handler is None:
-            return True
-        try:
-            line = encode_record(record)
-            rec = logging.LogRecord("mirec.served", logging.INFO, __file__, 0, line, None, None)
-            rec.hour = utc_hour(record.ts)  # hourly layout: the line goes to the file of its own hour
-            with self._lock:
+            return
+        with self._lock:
+            for line, ts in lines:
+                rec = logging.LogRecord(self.channel, logging.INFO, __file__, 0, line, None, None)
+                rec.hour = utc_hour(ts)
                 self._handler.handle(rec)
-            return True
-        except Exception as exc:  # noqa: BLE001 - the answer exists: never fail the request over its log line
-            self.errors += 1
-            log.error("served-log line for request %r not written: %s: %s", getattr(record, "request_id", "?"),
-                      type(exc).__name__, exc)
-            return False
 
     def close(self) -> None:
         with self._lock:
             if self._handler is not None:
                 self._handler.close()
                 self._handler = None
+
+
+class ServedLogWriter(JsonLinesLog):
+    """The served log: `write` never raises (see the module doc)."""
+
+    channel = "mirec.served"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.errors = 0
+
+    def write(self, record: ServedLog) -> bool:
+        """Write one line; False (logged, counted in `errors`) if it could not be written. Never raises."""
+        if self._handler is None:
+            return True
+        try:
+            self.append([(encode_record(record), record.ts)])  # hourly: the line goes to its own hour's file
+            return True
+        except Exception as exc:  # noqa: BLE001 - the answer exists: never fail the request over its log line
+            self.errors += 1
+            log.error("served-log line for request %r not written: %s: %s", getattr(record, "request_id", "?"),
+                      type(exc).__name__, exc)
+            return False
 
 
 def read_served_log(path: str | Path) -> list[ServedLog]:

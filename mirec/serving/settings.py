@@ -35,7 +35,8 @@ class FeastSettings(StrictModel):
 
 
 class LogRotation(StrictModel):
-    """Served-log layout and rotation (`mirec.serving.logwriter`). `hourly` (default): one file per UTC hour,
+    """Layout and rotation of the served log and of the feedback log beside it (`mirec.serving.logwriter`, one
+    writer for both). `hourly` (default): one file per UTC hour of the lines' own `ts`,
     `<log_path>.<YYYY-MM-DDTHH>` (the monitor reads only its window's files), split above `max_bytes`, rotated
     files older than `retention_hours` deleted. `hourly: false`: a new file when the current one would pass
     `max_bytes` or is `every_s` old, named `<log_path>.<UTC time of rotation>`. `backup_count` > 0 keeps only
