@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
@@ -29,3 +30,13 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip("../shared is absent (a user's clone has no ../shared)")
     return SHARED_DIR
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """4000 items in 20 clusters (d=16) and [8, 3, 16] interest queries near cluster centres (index tests)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16))
+    x = (centres[rng.integers(0, 20, 4000)] + 0.3 * rng.normal(size=(4000, 16))).astype(np.float32)
+    q = (centres[rng.integers(0, 20, (8, 3))] + 0.3 * rng.normal(size=(8, 3, 16))).astype(np.float32)
+    return x, q

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from mirec.retrieval.index import recall_at_k
 from mirec.retrieval import AggregationContext, ItemIndex, Recommendation, available, candidate_pool, get_aggregator
 from mirec.retrieval.aggregators import (controllable_select, interest_usage, mmr_select, normalise_scores,
                                          select_interests)
@@ -201,19 +202,6 @@ def test_aggregators_fast_enough_for_serving():
 # ItemIndex
 # --------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def clustered():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(20, 16))
-    x = (centres[rng.integers(0, 20, 4000)] + 0.3 * rng.normal(size=(4000, 16))).astype(np.float32)
-    q = (centres[rng.integers(0, 20, (8, 3))] + 0.3 * rng.normal(size=(8, 3, 16))).astype(np.float32)
-    return x, q
-
-
-def _recall(approx: np.ndarray, exact: np.ndarray) -> float:
-    a, e = approx.reshape(-1, approx.shape[-1]), exact.reshape(-1, exact.shape[-1])
-    return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, e)]))
-
 
 @pytest.mark.parametrize("kind,min_recall", [("ivf", 0.9), ("hnsw", 0.95)])
 def test_index_recall_vs_flat(clustered, kind, min_recall):
@@ -224,7 +212,7 @@ def test_index_recall_vs_flat(clustered, kind, min_recall):
     assert np.all(np.diff(s, axis=-1) <= 1e-5)  # best first
     approx = ItemIndex.build(x, kind, use_gpu=False)
     _, ia = approx.search(q, 50)
-    assert _recall(ia, i) >= min_recall
+    assert recall_at_k(ia, i) >= min_recall
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
@@ -331,11 +319,11 @@ def test_index_tune_picks_the_cheapest_effort_that_reaches_the_target(tmp_path, 
     idx.save(tmp_path / "i.faiss")
     back = ItemIndex.load(tmp_path / "i.faiss")
     _, found = back.index.search(queries, 50)
-    assert _recall(found, brute) >= 0.97 - 1e-9
+    assert recall_at_k(found, brute) >= 0.97 - 1e-9
     if len(efforts) > 1:  # one step cheaper really is worse on the same queries
         back.set_effort(efforts[-2])
         _, cheaper = back.index.search(queries, 50)
-        assert _recall(cheaper, brute) < 0.97
+        assert recall_at_k(cheaper, brute) < 0.97
 
 
 def test_index_tune_reports_an_unreachable_target(clustered):

@@ -14,21 +14,6 @@ from mirec.retrieval.index import EFFORT_LADDER, EFFORT_PARAM, INDEX_KINDS, defa
 NEW_KINDS = ["hnsw_sq8", "ivfpq_fs"]
 
 
-@pytest.fixture(scope="module")
-def clustered():
-    """4000 items in 20 clusters (d=16) and [8, 3, 16] interest queries near cluster centres."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(20, 16))
-    x = (centres[rng.integers(0, 20, 4000)] + 0.3 * rng.normal(size=(4000, 16))).astype(np.float32)
-    q = (centres[rng.integers(0, 20, (8, 3))] + 0.3 * rng.normal(size=(8, 3, 16))).astype(np.float32)
-    return x, q
-
-
-def _recall(approx: np.ndarray, exact: np.ndarray) -> float:
-    a, e = approx.reshape(-1, approx.shape[-1]), exact.reshape(-1, exact.shape[-1])
-    return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, e)]))
-
-
 def test_kinds_and_effort_tables_agree():
     assert set(NEW_KINDS) <= set(INDEX_KINDS)
     assert set(EFFORT_PARAM) == set(EFFORT_LADDER) == set(INDEX_KINDS) - {"flat"}
@@ -43,7 +28,7 @@ def test_new_kind_builds_and_searches_close_to_exact(clustered, kind):
     s, i = idx.search(q, 50)
     assert s.shape == i.shape == (8, 3, 50) and idx.n_items == 4000 and idx.dim == 16
     assert np.all(np.diff(s, axis=-1) <= 1e-4)  # best first
-    assert _recall(i, exact) >= 0.9
+    assert recall_at_k(i, exact) >= 0.9
     if kind == "ivfpq_fs":
         # 4-bit PQ fast-scan codes, re-ranked exactly: the scores are the exact inner products
         assert idx.params["pq_m"] == 8 and idx.params["k_factor"] == 4
@@ -99,7 +84,7 @@ def test_new_kind_tune_reaches_target_and_set_effort_works(clustered, kind):
     assert got["met"] and seen == [EFFORT_LADDER[kind][0]]
 
 
-def test_ivfpq_fs_k_factor_trades_recall(clustered):
+def test_ivfpq_fs_k_factor_tradesrecall_at_k(clustered):
     x, _ = clustered
     rng = np.random.default_rng(5)
     queries = x[rng.integers(0, len(x), 200)] + 0.5 * rng.normal(size=(200, 16)).astype(np.float32)
@@ -136,7 +121,7 @@ def test_new_kind_save_load_round_trip(tmp_path, clustered, kind):
     again = ItemIndex.load(tmp_path / "i.faiss")
     assert again.params[EFFORT_PARAM[kind]] == 64
     _, i3 = again.search(q, 20)
-    assert _recall(i3, ItemIndex.build(x, "flat", use_gpu=False).search(q, 20)[1]) >= _recall(
+    assert recall_at_k(i3, ItemIndex.build(x, "flat", use_gpu=False).search(q, 20)[1]) >= recall_at_k(
         i2, ItemIndex.build(x, "flat", use_gpu=False).search(q, 20)[1])
 
 
@@ -158,7 +143,7 @@ def _clustered_model(n_items: int = 3000, seed: int = 0):
 
 
 @pytest.mark.parametrize("kind", NEW_KINDS)
-def test_package_tunes_new_kinds_on_answer_recall(tmp_path, kind):
+def test_package_tunes_new_kinds_on_answerrecall_at_k(tmp_path, kind):
     from mirec.serving.packaging import IndexSpec, stage_candidate
 
     model, cfg, items = _clustered_model()

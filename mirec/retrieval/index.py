@@ -60,7 +60,10 @@ def exact_top_k(item_vectors: np.ndarray, queries: np.ndarray, k: int) -> np.nda
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean over queries of |found ∩ exact| / |exact| (ids; -1 pads are never a hit)."""
+    """Mean over queries of |found ∩ exact| / |exact| (ids [..., k], e.g. [Q, k] or [B, K, k]; -1 pads are never
+    a hit)."""
+    found, exact = np.asarray(found), np.asarray(exact)
+    found, exact = found.reshape(-1, found.shape[-1]), exact.reshape(-1, exact.shape[-1])
     hits = [len(np.intersect1d(f[f >= 0], e[e >= 0])) / max(1, int((e >= 0).sum())) for f, e in zip(found, exact)]
     return float(np.mean(hits)) if hits else 1.0
 
