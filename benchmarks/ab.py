@@ -370,11 +370,32 @@ def setup_of(args, kinds: list[str]) -> dict:
             "torchserve": "in-process stand-in (mirec.serving.testing.InProcessTorchServe)"}
 
 
+def time_big_report(work: Path, n_events: int) -> dict:
+    """Generate `n_events` feedback events (+ their served answers) and time `mirec ab report` on them."""
+    t0 = time.perf_counter()
+    s_path, f_path, n_req = big_logs(work, n_events, 100_000)
+    t_gen = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rep = build_report(s_path, f_path, {"A": 0.5, "B": 0.5})
+    t_build = time.perf_counter() - t0
+    write_report(rep, work / "big_report")
+    t_report = time.perf_counter() - t0
+    out = {"events": n_events, "served_answers": n_req, "days": rep.data["days"],
+           "users": sum(a.users for a in rep.cumulative[-1].arms.values()),
+           "generate_logs_s": round(t_gen, 1), "build_s": round(t_build, 1),
+           "build_and_write_s": round(t_report, 1), "report_seconds_field": rep.seconds,
+           "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print("report", out, flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=50, help="trials of each kind (A/B, A/A, SRM)")
     ap.add_argument("--kinds", default="ab,aa,srm", help="which trial kinds to run (comma-separated)")
     ap.add_argument("--no-extras", action="store_true", help="skip the Feast latency and the 10^6-event report")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only (re-)time the --big-events report and update report_10e6 in <out>_details.json")
     ap.add_argument("--merge", type=Path, nargs="*", help="only merge these result files (from --kinds runs) into --out")
     ap.add_argument("--note", default="", help="with --merge: how the merged runs were made (kept in setup)")
     ap.add_argument("--users", type=int, default=400, help="users per A/B trial")
@@ -412,6 +433,17 @@ def main() -> None:
         return
     if args.quick:
         args.trials, args.big_events, args.latency_n, args.srm_users = 2, 100_000, 5, 1000
+    if args.report_only:
+        work = Path(tempfile.mkdtemp(prefix="mirec-ab-report-"))
+        try:
+            timed = time_big_report(work, args.big_events)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        details = args.out.with_name(f"{args.out.stem}_details.json")
+        result = json.loads(details.read_text()) if details.exists() else {}
+        result["report_10e6"] = timed
+        details.write_text(json.dumps(result, indent=1))
+        return
     import torch
 
     torch.set_num_threads(1)
@@ -443,19 +475,7 @@ def main() -> None:
         if not args.no_extras:
             extras["feedback_to_history_latency"] = feast_latency(data, svc, work, args.latency_n)
             print("latency", extras["feedback_to_history_latency"], flush=True)
-            t0 = time.perf_counter()
-            s_path, f_path, n_req = big_logs(work, args.big_events, 100_000)
-            t_gen = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            rep = build_report(s_path, f_path, {"A": 0.5, "B": 0.5})
-            t_build = time.perf_counter() - t0
-            write_report(rep, work / "big_report")
-            t_report = time.perf_counter() - t0
-            extras["report_10e6"] = {"events": args.big_events, "served_answers": n_req, "days": rep.data["days"],
-                                     "users": sum(a.users for a in rep.cumulative[-1].arms.values()),
-                                     "generate_logs_s": round(t_gen, 1), "build_s": round(t_build, 1),
-                                     "build_and_write_s": round(t_report, 1), "report_seconds_field": rep.seconds}
-            print("report", extras["report_10e6"], flush=True)
+            extras["report_10e6"] = time_big_report(work, args.big_events)
         setup = {**setup_of(args, kinds),
                  "offline_val_recall@50": {k2: v["metrics"].get("best_val_recall@50") for k2, v in models.items()},
                  "seconds": round(time.perf_counter() - t_all, 1)}

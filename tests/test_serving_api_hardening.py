@@ -459,6 +459,51 @@ def test_deadline_504_and_per_arm_pools(slow_stub, tmp_path):
         assert r.status_code == 504 and "mirec_a" in r.json()["error"] and "1500 ms" in r.json()["error"], r.text
 
 
+def test_torchserve_overload_503_passes_on_with_retry_after(tmp_path):
+    """TorchServe answers 503 when its job queue is full or no worker is ready (several API pods can fill one
+    predictor's queue): the API answers 503 + Retry-After with TorchServe's message, never a 502, and counts it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mirec.serving.api import create_app
+    from mirec.serving.upstream import TorchServeClient
+
+    body = json.dumps({"code": 503, "type": "ServiceUnavailableException",
+                       "message": 'Model "mirec_a" has no worker to serve inference request.'}).encode()
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        s = _settings(tmp_path, limits={"retry_after_s": 2})
+        app = create_app(s, upstream=TorchServeClient(f"http://127.0.0.1:{srv.server_address[1]}", timeout_s=5))
+        with live_api(app) as (url, _):
+            r = requests.post(f"{url}/recommend", json=GOOD, timeout=30)
+            m = requests.get(f"{url}/metrics").text
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.status_code == 503 and r.headers["Retry-After"] == "2", (r.status_code, r.headers, r.text)
+    assert "overloaded or restarting" in r.json()["error"] and "no worker" in r.json()["error"], r.text
+    assert sum(_metric(m, "mirec_api_requests_total", arm=a, status="503") for a in ("A", "B")) == 1
+    assert sum(_metric(m, "mirec_api_requests_total", arm=a, status="502") for a in ("A", "B")) == 0
+    assert not list(tmp_path.glob("**/served.jsonl*")) or all(
+        not p.read_text().strip() for p in tmp_path.glob("**/served.jsonl*"))  # no answer, no served line
+
+
 # ---- health ---------------------------------------------------------------------------------------------------
 def test_healthz_is_liveness_readyz_is_readiness(services, tmp_path):
     from mirec.serving.api import create_app

@@ -343,9 +343,10 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
         res = await asyncio.wait_for(asyncio.to_thread(fn, [user_id]), timeout)
         return list(res.get(user_id) or [])
 
-    def _error(status: int, message: str, arm: str = "none") -> Response:
+    def _error(status: int, message: str, arm: str = "none", headers: dict | None = None) -> Response:
         metrics.requests.labels(arm, str(status)).inc()
-        return Response(orjson.dumps(error_body(message, status)), status_code=status, media_type="application/json")
+        return Response(orjson.dumps(error_body(message, status)), status_code=status, media_type="application/json",
+                        headers=headers)
 
     @app.post(RECOMMEND)
     async def recommend(request: Request):
@@ -378,6 +379,13 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
         except UpstreamUnavailable as exc:
             metrics.upstream_errors.labels(arm.name).inc()
             return _error(503, f"model server unavailable for model {arm.model}: {exc}", arm.name)
+        if r.status == 503:
+            # TorchServe's own overload answer (job queue full, no worker ready): pass it on as 503 + Retry-After, so
+            # clients back off as they do on our 429, instead of a 502 that reads as a broken server
+            metrics.upstream_errors.labels(arm.name).inc()
+            return _error(503, f"model server overloaded or restarting for model {arm.model}: "
+                          f"{upstream_error_message(r)}", arm.name,
+                          {"Retry-After": str(settings.limits.retry_after_s)})
         if r.status != 200:
             status = r.status if 400 <= r.status < 500 else 502
             if status == 502:
