@@ -55,6 +55,8 @@ VARIANTS = {
     "hard": ({"selection": "hard"}, {}),
     "labelaware": ({"selection": "label_aware"}, {}),  # MIND's label-aware attention (its default until max)
     "head": ({"interest_head": "mlp"}, {}),
+    "t01": ({}, {"temperature": 0.1}),  # τ 0.1: the default until 2026-12-02 (the runs made then carry this label)
+    "t02": ({}, {"temperature": 0.2}),  # τ 0.2 = the default now (explicit: the runs that chose it)
     "nohead": ({"interest_head": "none"}, {}),
     # HMISR ablations (ModelConfig.options = mirec.models.hmisr.HMISROptions)
     "nolevel2": ({"options": {"level2": False}}, {}),  # coarse interests only (+ the MLP head)
