@@ -64,7 +64,7 @@ def train_cmd(
     negatives: Optional[str] = _opt("--negatives", _T + "sampled-softmax negatives: uniform, in_batch or mixed.", "mixed"),
     num_negatives: Optional[int] = _opt("--num-negatives", _T + "uniform (or hard) negatives per batch.", "1024"),
     temperature: Optional[float] = _opt("--temperature", _T + "softmax temperature τ, logit = cos/τ (cos similarity "
-                                        "only).", "0.1"),
+                                        "only).", "0.2"),
     learn_temperature: Optional[bool] = typer.Option(
         None, "--learn-temperature/--fixed-temperature", show_default="fixed",
         help=_T + "train τ as a parameter starting at --temperature, or keep it fixed."),
