@@ -73,9 +73,9 @@ class TrainConfig(StrictModel):
     step_decay: float = Field(0.5, gt=0, le=1)  # "step": lr × step_decay every step_epochs epochs
     step_epochs: int = Field(10, ge=1)
     #: logit = cos(u, v)/temperature for models with similarity "cos" (ignored for "dot"). 0.2 by measurement
-    #: (benchmarks/quality.py, 3 runs each): better than 0.1 for ComiRec-SA, MIND and single on the synthetic set
-    #: (3 of 3 splits each) and for ComiRec-SA and single on ml-latest-small; MIND there -0.003 (within noise).
-    #: The two tuning studies found 0.14 (ml-latest-small) and 0.24 (synthetic). docs/models.md, "Defaults".
+    #: (benchmarks/quality.py, every model, ml-latest-small and synthetic, 3 runs each): better than 0.1 in 30 of 36
+    #: paired runs; worse on average only for ComiRec-DR on ml-latest-small (-0.013) and, within noise, MIND and
+    #: YoutubeDNN there. The two tuning studies found 0.14 and 0.24. docs/models.md, "Temperature".
     temperature: float = Field(0.2, gt=0)
     learn_temperature: bool = False  # τ becomes a trained parameter, starting at `temperature`
     negatives: Literal["uniform", "in_batch", "mixed"] = "mixed"
