@@ -67,9 +67,10 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving as sb  # noqa: E402  (benchmarks/serving.py: staging, payloads, CPU accounting)
 
+from mirec.ab.events import rotated_files  # noqa: E402
 from mirec.serving.packaging import IndexSpec, build_mar, torchserve_model_config  # noqa: E402
 from mirec.serving.settings import ApiSettings  # noqa: E402
-from mirec.serving.torchserve import TorchServeProcess, free_port  # noqa: E402
+from mirec.serving.torchserve import TorchServeProcess  # noqa: E402
 from mirec.serving.tsconfig import ModelServing  # noqa: E402
 
 ROOT = sb.ROOT
@@ -81,7 +82,6 @@ TIMELINE_S = 5
 def start_api(ts: TorchServeProcess, model: str, workdir: Path, timeout_ms: int | None,
               max_in_flight: int | None) -> tuple[subprocess.Popen, str, dict]:
     """`mirec api` as a subprocess with the product's defaults except what is given -> (process, url, settings)."""
-    port = free_port()
     settings: dict = {"torchserve_url": ts.inference_url, "torchserve_management_url": ts.management_url,
                       "log_path": str(workdir / "served.jsonl"),
                       "experiment": {"salt": "overload", "arms": [{"name": "A", "model": model}]}}
@@ -89,25 +89,8 @@ def start_api(ts: TorchServeProcess, model: str, workdir: Path, timeout_ms: int 
         settings["timeout_ms"] = timeout_ms
     if max_in_flight is not None:
         settings["limits"] = {"max_in_flight": max_in_flight}
-    path = workdir / "api.yaml"
-    path.write_text(json.dumps(settings))
-    code = "import sys; from mirec.cli import run; sys.argv[0] = 'mirec'; run()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "api", "--settings", str(path), "--port", str(port)],
-                            cwd=ROOT, stdout=open(workdir / "api.log", "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url, settings
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError(f"API did not start: {(workdir / 'api.log').read_text()[-2000:]}")
+    proc, url = sb.launch_api(settings, workdir, start_timeout_s=120)
+    return proc, url, settings
 
 
 def worker_pids(ts: TorchServeProcess, model: str) -> list[int] | None:
@@ -119,8 +102,8 @@ def worker_pids(ts: TorchServeProcess, model: str) -> list[int] | None:
 
 
 def served_log_files(log_path: Path) -> list[Path]:
-    """The served log and its rotated files beside it (`<log_path>.<hour>[.<n>]`, `<log_path>.<stamp>`)."""
-    return sorted(p for p in log_path.parent.glob(log_path.name + "*") if p.is_file())
+    """The served log and the files the API's writer rotated it into."""
+    return ([log_path] if log_path.is_file() else []) + rotated_files(log_path)
 
 
 def served_log_lines(log_path: Path) -> int:

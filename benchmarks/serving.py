@@ -280,22 +280,26 @@ def cpu_seconds(procs: dict[str, list]) -> dict[str, float]:
 
 
 def start_api(ts_url: str, model: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    return launch_api({"torchserve_url": ts_url, "log_path": str(workdir / "served.jsonl"), "timeout_ms": 60000,
+                       "experiment": {"salt": "bench", "arms": [{"name": "A", "model": model}]}}, workdir)
+
+
+def launch_api(settings: dict, workdir: Path, start_timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """`mirec api --settings <settings>` as a subprocess on a free port, once /healthz answers -> (process, url)."""
     port = free_port()
-    settings = workdir / "api.yaml"
-    settings.write_text(json.dumps({"torchserve_url": ts_url, "log_path": str(workdir / "served.jsonl"),
-                                    "timeout_ms": 60000,
-                                    "experiment": {"salt": "bench", "arms": [{"name": "A", "model": model}]}}))
+    path = workdir / "api.yaml"
+    path.write_text(json.dumps(settings))
     code = "import sys; from mirec.cli import run; sys.argv[0] = 'mirec'; run()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "api", "--settings", str(settings), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", code, "api", "--settings", str(path), "--port", str(port)],
                             cwd=ROOT, stdout=open(workdir / "api.log", "ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + start_timeout_s
     while time.monotonic() < deadline:
         try:
             if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return proc, url
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         if proc.poll() is not None:
             break

@@ -397,28 +397,23 @@ def test_load_shedding_429_with_retry_after(services, tmp_path):
         assert requests.post(f"{url}/recommend", json=GOOD, timeout=30).status_code == 200  # capacity is back
 
 
-@pytest.fixture
-def slow_stub():
-    """A loopback stand-in for TorchServe's inference API: /predictions/mirec_a hangs (a restarting worker),
-    /predictions/mirec_b answers at once."""
+@contextmanager
+def torchserve_stub(reply):
+    """A loopback stand-in for TorchServe's inference API: every POST is answered by `reply(path) -> (status,
+    JSON bytes)` -> the stub's base URL."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    answer = json.dumps({"items": [{"item_id": "item-1", "score": 1.0, "interest": 0, "category": "c"}],
-                         "model": "mirec_b", "version": "1", "history_len": 1}).encode()
-    release = threading.Event()
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.path.endswith("/mirec_a"):
-                release.wait(10)
-            self.send_response(200)
+            status, body = reply(self.path)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(answer)
+            self.wfile.write(body)
 
         def log_message(self, *a):
             pass
@@ -426,10 +421,28 @@ def slow_stub():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    release.set()
-    srv.shutdown()
-    srv.server_close()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def slow_stub():
+    """/predictions/mirec_a hangs (a restarting worker), /predictions/mirec_b answers at once."""
+    answer = json.dumps({"items": [{"item_id": "item-1", "score": 1.0, "interest": 0, "category": "c"}],
+                         "model": "mirec_b", "version": "1", "history_len": 1}).encode()
+    release = threading.Event()
+
+    def reply(path):
+        if path.endswith("/mirec_a"):
+            release.wait(10)
+        return 200, answer
+
+    with torchserve_stub(reply) as url:
+        yield url
+        release.set()
 
 
 def test_deadline_504_and_per_arm_pools(slow_stub, tmp_path):
@@ -462,40 +475,17 @@ def test_deadline_504_and_per_arm_pools(slow_stub, tmp_path):
 def test_torchserve_overload_503_passes_on_with_retry_after(tmp_path):
     """TorchServe answers 503 when its job queue is full or no worker is ready (several API pods can fill one
     predictor's queue): the API answers 503 + Retry-After with TorchServe's message, never a 502, and counts it."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from mirec.serving.api import create_app
     from mirec.serving.upstream import TorchServeClient
 
     body = json.dumps({"code": 503, "type": "ServiceUnavailableException",
                        "message": 'Model "mirec_a" has no worker to serve inference request.'}).encode()
-
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with torchserve_stub(lambda path: (503, body)) as stub:
         s = _settings(tmp_path, limits={"retry_after_s": 2})
-        app = create_app(s, upstream=TorchServeClient(f"http://127.0.0.1:{srv.server_address[1]}", timeout_s=5))
+        app = create_app(s, upstream=TorchServeClient(stub, timeout_s=5))
         with live_api(app) as (url, _):
             r = requests.post(f"{url}/recommend", json=GOOD, timeout=30)
             m = requests.get(f"{url}/metrics").text
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert r.status_code == 503 and r.headers["Retry-After"] == "2", (r.status_code, r.headers, r.text)
     assert "overloaded or restarting" in r.json()["error"] and "no worker" in r.json()["error"], r.text
     assert sum(_metric(m, "mirec_api_requests_total", arm=a, status="503") for a in ("A", "B")) == 1
