@@ -58,6 +58,8 @@ VARIANTS = {
     "t01": ({}, {"temperature": 0.1}),  # τ 0.1: the default until 2026-12-02 (the runs made then carry this label)
     "t02": ({}, {"temperature": 0.2}),  # τ 0.2 = the default now (explicit: the runs that chose it)
     "nohead": ({"interest_head": "none"}, {}),
+    "d128": ({"dim": 128}, {}),  # wider embeddings (the tuned configs chose dim 128)
+    "lr2": ({}, {"lr": 2e-3}),  # twice the default learning rate (the tuned configs chose 1.5e-3 to 2.6e-3)
     # HMISR ablations (ModelConfig.options = mirec.models.hmisr.HMISROptions)
     "nolevel2": ({"options": {"level2": False}}, {}),  # coarse interests only (+ the MLP head)
     "fixedk": ({"options": {"adaptive_k": False}}, {}),  # every interest on, no gate / sparsity cost
