@@ -21,6 +21,10 @@ Models (--embeddings), ComiRec-SA of the model registry, K=4, d=64, max_len=50:
            held-out users than those the requests come from.
   iid      random init: i.i.d. Gaussian item vectors, the worst case for any ANN index (the previous round's
            model); requests: 20..50 random items, n=50.
+  --model M (iid only) serves registry model M, random init, instead of ComiRec-SA: one model's serving latency
+           against another's on the same catalogue and index (`--model gemirec`: GemiRec in its joint stage, the
+           dictionary k-means-initialised, with its per-history code cache; `--model-options '{"cache_size": 0}'`
+           without it). Rows carry "model" (absent = comirec_sa).
 Index kinds (--index; built as `mirec package` builds them, effort tuned to --target-recall of --recall-metric,
 default answer recall@50 >= 0.95 on the tuning histories): flat (exact), hnsw (M 32, efConstruction 200), hnsw_sq8
 (same graph over 8-bit scalar-quantised vectors), ivfpq_fs (IVF 4·sqrt(N) lists, PQ d/2 x 4-bit fast-scan,
@@ -47,6 +51,7 @@ Java frontend, its Python worker): the decomposition of where the stack's overhe
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -80,14 +85,19 @@ PATHS = ("inproc", "torchserve", "stack")
 INDEX_CHOICES = ["flat", "ivf", "hnsw", "hnsw_sq8", "ivfpq_fs", "auto"]
 
 
-def synth(n_items: int, seed: int = 0):
+def synth(n_items: int, seed: int = 0, model_name: str = "comirec_sa", options: dict | None = None):
     import torch
 
     from mirec.models import ModelConfig, build
 
     torch.manual_seed(seed)
-    cfg = ModelConfig(name="comirec_sa", n_items=n_items, dim=DIM, K=K, max_len=MAX_LEN)
-    model = build(cfg).eval()
+    cfg = ModelConfig(name=model_name, n_items=n_items, dim=DIM, K=K, max_len=MAX_LEN, options=options or {})
+    model = build(cfg)
+    # a staged model (GemiRec) is served in the stage its training ends in (GemiRec: joint, the dictionary
+    # k-means-initialised on the random item vectors), so the latency includes all of its serving work
+    model.begin_epoch(10**9)
+    model = model.eval()
+    cfg = model.cfg  # the model may fill in settings it derived (GemiRec's "auto" dictionary sizes)
     rng = np.random.default_rng(seed)
     items = pd.DataFrame({"item_idx": np.arange(n_items), "item_id": [f"i{i}" for i in range(n_items)],
                           "category": [f"c{i % 50}" for i in range(n_items)], "category_idx": np.arange(n_items) % 50,
@@ -390,8 +400,13 @@ class Case:
     """One benchmark model: `trained` (ComiRec-SA trained on the synthetic generator at n_items, `trained_model`)
     or `iid` (random init: i.i.d. Gaussian item vectors, the ANN worst case)."""
 
-    def __init__(self, n_items: int, embeddings: str, cache_dir: Path, budget: dict | None = None):
+    def __init__(self, n_items: int, embeddings: str, cache_dir: Path, budget: dict | None = None,
+                 model_name: str = "comirec_sa", options: dict | None = None):
+        if model_name != "comirec_sa" and embeddings != "iid":
+            raise SystemExit(f"error: --model {model_name} is measured with --embeddings iid only (the trained "
+                             "and planted cases are a ComiRec-SA trained at 10^6 items)")
         self.n_items, self.embeddings = n_items, embeddings
+        self.model_name, self.options = model_name, options or {}
         self.cache_dir, self.budget = cache_dir, budget
         self._loaded = None
 
@@ -405,7 +420,7 @@ class Case:
                 half = len(held) // 2
                 self._loaded = (model, cfg, items, held[:half], held[half:], info)
             else:
-                model, cfg, items = synth(self.n_items)
+                model, cfg, items = synth(self.n_items, model_name=self.model_name, options=self.options)
                 self._loaded = (model, cfg, items, None, None, {"note": "random-init model (i.i.d. item vectors)"})
         return self._loaded
 
@@ -415,6 +430,14 @@ class Case:
         pos = pd.Series(items["item_idx"].to_numpy(), index=items["item_id"].astype(str).to_numpy())
         return [pos.loc[h].to_numpy(np.int64) for h in tune_ids]
 
+    @property
+    def tag(self) -> str:
+        """'' for ComiRec-SA (the names every earlier result carries), else '_<model>[_<options hash>]'."""
+        if self.model_name == "comirec_sa" and not self.options:
+            return ""
+        opts = json.dumps(self.options, sort_keys=True)
+        return f"_{self.model_name}" + (f"_{hashlib.sha1(opts.encode()).hexdigest()[:8]}" if self.options else "")
+
     def payloads(self, count: int, seed: int) -> list[bytes]:
         _, _, _, _, req_ids, _ = self.load()
         return heldout_bodies(req_ids, count, seed) if req_ids is not None else bodies(count, self.n_items, seed)
@@ -423,7 +446,7 @@ class Case:
 def stage_case(case: Case, kind: str, index: IndexSpec, root: Path) -> tuple[Path, dict]:
     """Stage (or, under --cache-dir, reuse) the benchmark model + index for one case -> (stage dir, meta)."""
     n_items = case.n_items
-    name = f"bench_{kind}_{n_items}"
+    name = f"bench_{kind}_{n_items}{case.tag}"
     key = "" if kind == "flat" else (f"_m{index.hnsw_m}_efc{index.ef_construction}" if kind.startswith("hnsw")
                                      else (f"_kf{index.k_factor}" if kind == "ivfpq_fs" else "_ivf"))
     if kind == "auto":
@@ -450,7 +473,7 @@ def run_case(case: Case, kind: str, concurrency: list[int], n_requests: int, wor
     """-> (rows, effort curve). `effort` overrides the packaged efSearch / nprobe in the MAR and in-process.
     `paths`: which of inproc / torchserve / stack to measure (inproc alone starts no TorchServe)."""
     n_items = case.n_items
-    name = f"bench_{kind}_{n_items}"
+    name = f"bench_{kind}_{n_items}{case.tag}"
     t0 = time.perf_counter()
     stage, meta = stage_case(case, kind, index, cache_dir or workdir / "stage")
     served_kind = meta["index"]["kind"]  # auto: the kind it chose
@@ -542,7 +565,8 @@ def run_case(case: Case, kind: str, concurrency: list[int], n_requests: int, wor
                              "cpu_p99_ms": round(float(np.percentile(ms, 99)), 3)})
     for r in rows:
         r.update({"items": n_items, "index": kind, "recall": recall, "rps": r["throughput_rps"],
-                  "embeddings": case.embeddings, "served_index": served_kind,
+                  "embeddings": case.embeddings, "served_index": served_kind, "model": case.model_name,
+                  "model_options": case.options,
                   "loadavg_1m_end": round(os.getloadavg()[0], 2), "ts_batch_size": batch_size,
                   "K": K, "n": N, "package_s": round(package_s, 1),
                   "index_build_s": meta["index"]["build_s"], "answer_recall": recall,
@@ -563,28 +587,36 @@ def _effort(r: dict) -> int | None:
 
 def _key(r: dict) -> tuple:
     """What one configuration is: rows with the same key replace each other when results are merged."""
-    return (r["items"], r["index"], r.get("embeddings", "iid"), _effort(r), r["concurrency"], r["path"])
+    return (r["items"], r["index"], r.get("embeddings", "iid"), _effort(r), r["concurrency"], r["path"],
+            _model(r))
+
+
+def _model(r: dict) -> str:
+    """The served model of a row ('comirec_sa' for rows written before --model existed), with its options."""
+    opts = r.get("model_options") or {}
+    return r.get("model", "comirec_sa") + (f" {json.dumps(opts, sort_keys=True)}" if opts else "")
 
 
 def ratios(rows: list[dict]) -> list[dict]:
     out = []
     key = {_key(r): r for r in rows}
-    for (items, kind, emb, effort, c, path), r in key.items():
+    for (items, kind, emb, effort, c, path, model), r in key.items():
         if path == "inproc":
             continue
-        base = key.get((items, kind, emb, effort, c, "inproc"))
+        base = key.get((items, kind, emb, effort, c, "inproc", model))
         if base:
             out.append({"items": items, "index": kind, "embeddings": emb, "effort": effort, "concurrency": c,
-                        "path": path, "p50_ratio": round(r["p50_ms"] / base["p50_ms"], 2),
+                        "path": path, "model": model, "p50_ratio": round(r["p50_ms"] / base["p50_ms"], 2),
                         "p99_ratio": round(r["p99_ms"] / base["p99_ms"], 2),
                         "throughput_ratio": round(r["throughput_rps"] / base["throughput_rps"], 2)})
     return out
 
 
 def markdown(rows: list[dict], rat: list[dict]) -> str:
-    lines = ["| items | embeddings | index | recall | c | path | p50 ms | p99 ms | req/s | p50 × | p99 × | CPU ms/req client · API · Java · worker |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    rk = {(x["items"], x["index"], x.get("embeddings", "iid"), x["effort"], x["concurrency"], x["path"]): x for x in rat}
+    lines = ["| model | items | embeddings | index | recall | c | path | p50 ms | p99 ms | req/s | p50 × | p99 × | CPU ms/req client · API · Java · worker |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rk = {(x["items"], x["index"], x.get("embeddings", "iid"), x["effort"], x["concurrency"], x["path"],
+           x.get("model", "comirec_sa")): x for x in rat}
     for r in rows:
         x = rk.get(_key(r), {})
         c = r.get("cpu_ms_per_req", {})
@@ -592,7 +624,7 @@ def markdown(rows: list[dict], rat: list[dict]) -> str:
         kind = _kind(r)
         label = r["index"] if kind == r["index"] else f"{r['index']} → {kind}"
         effort = "" if _effort(r) is None else f" ({EFFORT_PARAM[kind]} {_effort(r)})"
-        lines.append(f"| {r['items']:,} | {r.get('embeddings', 'iid')} | {label}{effort} | {r['recall']} | "
+        lines.append(f"| {_model(r)} | {r['items']:,} | {r.get('embeddings', 'iid')} | {label}{effort} | {r['recall']} | "
                      f"{r['concurrency']} | {r['path']} | {r['p50_ms']} | {r['p99_ms']} | {r['rps']} | "
                      f"{x.get('p50_ratio', '')} | {x.get('p99_ratio', '')} | {cpu} |")
     return "\n".join(lines)
@@ -610,6 +642,11 @@ def main() -> None:
     ap.add_argument("--embeddings", nargs="+", default=["trained", "iid"], choices=["trained", "planted", "iid"],
                     help="trained: ComiRec-SA trained on the synthetic generator at --items (cached); planted: the same "
                          "model with the generator's planted item geometry as its item table; iid: random init")
+    ap.add_argument("--model", default="comirec_sa",
+                    help="registry model served with --embeddings iid (random init; a staged model in its last stage), "
+                         "e.g. gemirec against the default comirec_sa: latency of one model against another")
+    ap.add_argument("--model-options", default="{}", help="JSON ModelConfig.options of --model, e.g. "
+                    "'{\"cache_size\": 0}' (GemiRec without its per-history code cache)")
     ap.add_argument("--recall-queries", type=int, default=128, help="histories the effort is tuned on")
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
                     help="what to measure; `--paths inproc` starts no TorchServe and no API")
@@ -660,7 +697,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mirec-bench-") as tmp:
         for n in a.items:
             for emb in a.embeddings:
-                case = Case(n, emb, a.cache_dir, budget)
+                case = Case(n, emb, a.cache_dir, budget, a.model, json.loads(a.model_options))
                 for kind in a.index:
                     if a.stage_only:
                         stage_case(case, kind, index[kind], a.cache_dir)
@@ -749,7 +786,8 @@ def write(a, rows: list[dict], curves: list[dict] | None = None, budget: dict | 
                            "ef_search": None if a.target_recall else a.ef_search,
                            "torchserve": {"workers": a.workers, "batch_size": a.batch_size, "max_batch_delay_ms": a.max_batch_delay_ms},
                            "threads": a.threads, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-                           "model": "comirec_sa K=4 d=64: trained (synthetic generator, budget below) | iid (random init)",
+                           "model": "comirec_sa K=4 d=64: trained (synthetic generator, budget below) | iid (random init); "
+                                    "rows with a `model` key other than comirec_sa: that model, random init (--model)",
                            "train_budget": {**TRAIN_BUDGET, **(budget or {}), "users": TRAIN_USERS,
                                             "categories": TRAIN_CATEGORIES},
                            "nice": os.nice(0), "loadavg_at_write": [round(x, 2) for x in os.getloadavg()]},
