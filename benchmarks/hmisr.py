@@ -181,8 +181,11 @@ def main(argv=None) -> int:
                    "(benchmarks/quality.py --data synth prepares one under its --cache)")
     p.add_argument("--work", default=str(ROOT / "artifacts" / "bench" / "hmisr"))
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--samples-per-epoch", type=int, default=20000)
+    p.add_argument("--samples-per-epoch", type=int, default=20000, help="0 = full passes (TrainConfig's default)")
     p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--full-budget", action="store_true", help="train at the shipped TrainConfig defaults "
+                   "(full-pass epochs, its max epochs and patience: the quality benchmark's budget); overrides "
+                   "--epochs / --samples-per-epoch / --patience")
     p.add_argument("--out", default=str(RESULTS / "hmisr"))
     p.add_argument("--quality-runs", default=None, help="only append the cached checkpoints as run 0 to this "
                    "benchmarks/quality.py runs file (e.g. benchmarks/results/quality_hmisr.runs.jsonl)")
@@ -193,7 +196,15 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     work = Path(args.work)
     ds = Dataset(args.data)
-    budget = {"epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch, "patience": args.patience}
+    if args.full_budget:
+        from mirec.train import TrainConfig
+
+        shipped = TrainConfig()
+        budget = {"epochs": shipped.epochs, "samples_per_epoch": shipped.samples_per_epoch,
+                  "patience": shipped.patience}
+    else:
+        budget = {"epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch or None,
+                  "patience": args.patience}
     rng = np.random.default_rng(0)
     hm, hm_info = get_model(ds, "hmisr", {}, "hmisr", work, budget)
     so, so_info = get_model(ds, "hmisr", STRONG, "hmisr_strongortho", work, budget)
