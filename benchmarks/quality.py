@@ -64,6 +64,8 @@ VARIANTS = {
     "nolevel2": ({"options": {"level2": False}}, {}),  # coarse interests only (+ the MLP head)
     "fixedk": ({"options": {"adaptive_k": False}}, {}),  # every interest on, no gate / sparsity cost
     "strongortho": ({"options": {"lambda_basis": 0.1, "lambda_margin": 0.1, "margin": 0.0}}, {}),  # λ 0.1, no margin
+    # GemiRec ablation (ModelConfig.options = mirec.models.gemirec.GemiRecOptions)
+    "fusionrandinit": ({"options": {"fusion_zero_init": False}}, {}),  # the paper's fusion MLP: default init
 }
 METRICS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "diversity@50", "ild@50",
            "coverage@50", "gini@50", "interest_cos", "effective_interests", "single_interest_share",
