@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/train_speed.py                      # batch 256, L 50, d 64, K 4, 2 threads
     .venv/bin/python benchmarks/train_speed.py --profile mind       # + where the time goes (torch.profiler)
+    .venv/bin/python benchmarks/train_speed.py --items 1000000 --models comirec_sa --sparse off,on \
+        --out benchmarks/results/train_speed_1m.json             # dense Adam vs sparse item table at 10^6 items
 
 Every batch is full length (L = 50 real items), so the figure does not depend on a dataset's length mix;
 the loss is the shipped default (cosine/τ, in-batch + 1,024 shared uniform negatives, accidental hits
@@ -27,18 +29,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mirec.models import ModelConfig, build  # noqa: E402
-from mirec.train import LossModule, TrainConfig, make_optimizer  # noqa: E402
+from mirec.train import LossModule, TrainConfig, clip_grad_norm, make_optimizer, use_sparse_item_embeddings  # noqa: E402
 
 PEER = {"mind": 9600, "comirec_sa": 9500}
 
 
-def measure(name: str, args, profile: bool = False) -> dict:
+def measure(name: str, args, profile: bool = False, sparse: str = "auto") -> dict:
     torch.manual_seed(0)
     mcfg = ModelConfig(name=name, n_items=args.items, dim=args.dim, K=args.k, max_len=args.max_len)
     model = build(mcfg)
-    tcfg = TrainConfig(batch_size=args.batch, num_negatives=args.negatives)
+    tcfg = TrainConfig(batch_size=args.batch, num_negatives=args.negatives, sparse_item_embeddings=sparse)
     lm = LossModule(model, tcfg, np.ones(args.items))
-    opt, sched = make_optimizer(lm.parameters(), tcfg, 100)
+    sparse_emb = use_sparse_item_embeddings(tcfg, args.items, 1)  # as mirec.train.train resolves it
+    model.item_emb.sparse = sparse_emb
+    opt, sched = make_optimizer(lm.parameters(), tcfg, 100, sparse_params=[model.item_emb.weight] if sparse_emb else ())
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randint(1, args.items + 1, (args.batch, args.max_len), generator=g),
                 torch.randint(1, args.items + 1, (args.batch,), generator=g)) for _ in range(8)]
@@ -50,7 +54,7 @@ def measure(name: str, args, profile: bool = False) -> dict:
         loss, _, _ = lm(seq, mask, tgt, uni)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), tcfg.grad_clip)
+        clip_grad_norm(list(lm.parameters()), tcfg.grad_clip)
         opt.step()
         sched.step()
 
@@ -64,7 +68,8 @@ def measure(name: str, args, profile: bool = False) -> dict:
             step(i)
         times.append(time.perf_counter() - t0)
     sps = [args.steps * args.batch / t for t in times]
-    out = {"model": name, "samples_per_s": float(np.median(sps)), "samples_per_s_all": [round(x) for x in sps]}
+    out = {"model": name, "items": args.items, "sparse_item_embeddings": sparse_emb,
+           "samples_per_s": float(np.median(sps)), "samples_per_s_all": [round(x) for x in sps]}
     if name in PEER:
         out["peer_samples_per_s"] = PEER[name]
         out["ratio_to_peer"] = out["samples_per_s"] / PEER[name]
@@ -94,17 +99,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--profile", default="", help="comma list of models to profile")
+    ap.add_argument("--sparse", default="auto", help="comma list of TrainConfig.sparse_item_embeddings settings "
+                    "(auto/on/off), each model measured under each")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     prof = {m.strip() for m in args.profile.split(",") if m.strip()}
-    rows = [measure(m.strip(), args, m.strip() in prof) for m in args.models.split(",") if m.strip()]
+    rows = [measure(m.strip(), args, m.strip() in prof, sp.strip()) for m in args.models.split(",") if m.strip()
+            for sp in args.sparse.split(",") if sp.strip()]
     print(f"\nbatch {args.batch}, L {args.max_len}, d {args.dim}, K {args.k}, {args.negatives} uniform + in-batch "
           f"negatives, {args.threads} threads (median of {args.repeats} × {args.steps} steps)\n")
-    print("| model | samples/s | peer | ratio |\n|---|---|---|---|")
+    print("| model | items | sparse item table | samples/s | peer | ratio |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['samples_per_s']:.0f} | {r.get('peer_samples_per_s', '–')} | "
-              f"{r['ratio_to_peer']:.2f}× |" if "ratio_to_peer" in r else f"| {r['model']} | {r['samples_per_s']:.0f} | – | – |")
+        ratio = f"{r['ratio_to_peer']:.2f}×" if "ratio_to_peer" in r else "–"
+        print(f"| {r['model']} | {r['items']:,} | {'yes' if r['sparse_item_embeddings'] else 'no'} | "
+              f"{r['samples_per_s']:.0f} | {r.get('peer_samples_per_s', '–')} | {ratio} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "settings": {k: str(v) for k, v in vars(args).items()},
                                     "machine": {"platform": platform.platform(), "torch": torch.__version__},

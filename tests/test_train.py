@@ -164,6 +164,106 @@ def test_optimizer_schedules():
     assert isinstance(opt, torch.optim.AdamW)
 
 
+def test_sparse_item_embeddings_resolution():
+    from mirec.train import SPARSE_AUTO_ITEMS, use_sparse_item_embeddings as use
+
+    auto = TrainConfig()
+    assert not use(auto, SPARSE_AUTO_ITEMS - 1, 1) and use(auto, SPARSE_AUTO_ITEMS, 1)
+    assert not use(auto, 10 ** 6, 2)  # DDP: dense
+    assert not use(TrainConfig(remi_hard_neg_beta=1.0), 10 ** 6, 1)  # hard negatives read the whole table
+    assert use(TrainConfig(sparse_item_embeddings="on"), 10, 1)
+    assert not use(TrainConfig(sparse_item_embeddings="off"), 10 ** 6, 1)
+    with pytest.raises(ValueError, match="DistributedDataParallel"):
+        use(TrainConfig(sparse_item_embeddings="on"), 10, 2)
+    with pytest.raises(ValueError, match="hard negatives"):
+        use(TrainConfig(sparse_item_embeddings="on", remi_hard_neg_beta=0.5), 10, 1)
+
+
+def test_clip_grad_norm_takes_sparse_gradients():
+    from mirec.train import clip_grad_norm
+
+    torch.manual_seed(0)
+    idx, vals = torch.tensor([[1, 3, 1]]), torch.randn(3, 4) * 10  # row 1 twice: summed before the norm
+    sp = torch.nn.Parameter(torch.zeros(5, 4))
+    sp.grad = torch.sparse_coo_tensor(idx, vals, (5, 4), check_invariants=True)
+    de = torch.nn.Parameter(torch.zeros(5, 4))
+    de.grad = sp.grad.to_dense().clone()
+    other = [torch.nn.Parameter(torch.zeros(3)) for _ in range(2)]
+    for o in other:
+        o.grad = torch.randn(3)
+    ref_grads = [o.grad.clone() for o in other]
+    n_ref = torch.nn.utils.clip_grad_norm_([de] + other, 1.0)
+    clipped_ref = [o.grad.clone() for o in other]
+    for o, g in zip(other, ref_grads):
+        o.grad = g.clone()
+    n = clip_grad_norm([sp] + other, 1.0)
+    torch.testing.assert_close(n, n_ref)
+    torch.testing.assert_close(sp.grad.to_dense(), de.grad)
+    for o, g in zip(other, clipped_ref):
+        torch.testing.assert_close(o.grad, g)
+    assert sp.grad.to_dense().norm() < de.grad.norm() + 1e-6 <= 1.0 + 1e-5
+
+
+def test_sparse_item_table_steps_like_adam_on_touched_rows_and_leaves_the_rest():
+    from mirec.train import SparseDenseOptimizer, clip_grad_norm, make_optimizer
+
+    cfg = TrainConfig(num_negatives=8, temperature=0.2)
+    torch.manual_seed(0)
+    dense = build(ModelConfig(name="comirec_sa", n_items=40, dim=8, K=2, max_len=6))
+    sparse = build(ModelConfig(name="comirec_sa", n_items=40, dim=8, K=2, max_len=6))
+    sparse.load_state_dict(dense.state_dict())
+    sparse.item_emb.sparse = True
+    runs = []
+    for m, sp in ((dense, ()), (sparse, [sparse.item_emb.weight])):
+        lm = LossModule(m, cfg, np.ones(40))
+        opt, sched = make_optimizer(lm.parameters(), cfg, 10, sparse_params=sp)
+        runs.append((m, lm, opt, sched))
+    assert isinstance(runs[1][2], SparseDenseOptimizer) and isinstance(runs[0][2], torch.optim.Adam)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(1, 21, (4, 6), generator=g), torch.randint(1, 21, (4,), generator=g),
+                torch.randint(1, 21, (8,), generator=g)),  # step 1: items 1..20
+               (torch.randint(21, 41, (4, 6), generator=g), torch.randint(21, 41, (4,), generator=g),
+                torch.randint(21, 41, (8,), generator=g))]  # step 2: items 21..40 only
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    after = []
+    for m, lm, opt, sched in runs:
+        snaps = []
+        for seq, tgt, uni in batches:
+            torch.manual_seed(5)  # same routing noise in both models
+            loss, _, _ = lm(seq, mask, tgt, uni)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_grad_norm(list(lm.parameters()), 0.5)
+            opt.step()
+            sched.step()
+            snaps.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        after.append(snaps)
+    (d1, d2), (s1, s2) = after
+    assert runs[1][0].item_emb.weight.grad.is_sparse
+    for k in d1:  # first step: Adam and SparseAdam make the same update (m = v = 0 before it)
+        torch.testing.assert_close(s1[k], d1[k], rtol=1e-5, atol=1e-6)
+    touched1 = torch.unique(torch.cat([x.flatten() for x in batches[0]]))
+    untouched2 = touched1[touched1 <= 20]  # in step 1, not in step 2
+    assert torch.equal(s2["item_emb.weight"][untouched2], s1["item_emb.weight"][untouched2])  # lazy: stays
+    assert not torch.equal(d2["item_emb.weight"][untouched2], d1["item_emb.weight"][untouched2])  # dense: momentum
+
+
+def test_train_with_sparse_item_table_resumes_exactly(tiny, tmp_path):
+    cfg2 = TrainConfig(seed=1, sparse_item_embeddings="on", **{**TINY, "epochs": 2, "patience": 5})
+    r = train(tiny, _mcfg("comirec_sa"), cfg2, tmp_path / "full", progress=False)
+    assert r.metrics["sparse_item_embeddings"] is True and r.metrics["best_val_recall@50"] >= 0
+    train(tiny, _mcfg("comirec_sa"), cfg2.model_copy(update={"epochs": 1}), tmp_path / "res", progress=False)
+    train(tiny, _mcfg("comirec_sa"), cfg2, tmp_path / "res", progress=False, resume=True)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "res" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="sparse"):  # a dense run's optimizer state does not resume sparse
+        train(tiny, _mcfg("comirec_sa"), cfg2.model_copy(update={"sparse_item_embeddings": "off"}), tmp_path / "res",
+              progress=False, resume=True)
+    model, _ = load_model(tmp_path / "full")
+    assert model.item_vectors().shape[0] == Dataset(tiny).n_items
+
+
 # ---- training runs ---------------------------------------------------------------------------------
 def _weights(d):
     return torch.load(d / "model.pt", weights_only=True)
