@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/train_speed.py                      # batch 256, L 50, d 64, K 4, 2 threads
     .venv/bin/python benchmarks/train_speed.py --profile mind       # + where the time goes (torch.profiler)
-    .venv/bin/python benchmarks/train_speed.py --items 1000000 --models comirec_sa --sparse off,on \
-        --out benchmarks/results/train_speed_1m.json             # dense Adam vs sparse item table at 10^6 items
+    .venv/bin/python benchmarks/train_speed.py --items 10000 100000 1000000 --models comirec_sa --sparse off,on \
+        --out benchmarks/results/train_speed_sparse.json         # dense Adam vs sparse item table by catalogue size
 
 Every batch is full length (L = 50 real items), so the figure does not depend on a dataset's length mix;
 the loss is the shipped default (cosine/τ, in-batch + 1,024 shared uniform negatives, accidental hits
@@ -34,23 +34,23 @@ from mirec.train import LossModule, TrainConfig, clip_grad_norm, make_optimizer,
 PEER = {"mind": 9600, "comirec_sa": 9500}
 
 
-def measure(name: str, args, profile: bool = False, sparse: str = "auto") -> dict:
+def measure(name: str, args, profile: bool = False, sparse: str = "auto", n_items: int = 10000) -> dict:
     torch.manual_seed(0)
-    mcfg = ModelConfig(name=name, n_items=args.items, dim=args.dim, K=args.k, max_len=args.max_len)
+    mcfg = ModelConfig(name=name, n_items=n_items, dim=args.dim, K=args.k, max_len=args.max_len)
     model = build(mcfg)
     tcfg = TrainConfig(batch_size=args.batch, num_negatives=args.negatives, sparse_item_embeddings=sparse)
-    lm = LossModule(model, tcfg, np.ones(args.items))
-    sparse_emb = use_sparse_item_embeddings(tcfg, args.items, 1)  # as mirec.train.train resolves it
+    lm = LossModule(model, tcfg, np.ones(n_items))
+    sparse_emb = use_sparse_item_embeddings(tcfg, n_items, 1)  # as mirec.train.train resolves it
     model.item_emb.sparse = sparse_emb
     opt, sched = make_optimizer(lm.parameters(), tcfg, 100, sparse_params=[model.item_emb.weight] if sparse_emb else ())
     g = torch.Generator().manual_seed(1)
-    batches = [(torch.randint(1, args.items + 1, (args.batch, args.max_len), generator=g),
-                torch.randint(1, args.items + 1, (args.batch,), generator=g)) for _ in range(8)]
+    batches = [(torch.randint(1, n_items + 1, (args.batch, args.max_len), generator=g),
+                torch.randint(1, n_items + 1, (args.batch,), generator=g)) for _ in range(8)]
     mask = torch.ones(args.batch, args.max_len, dtype=torch.bool)
 
     def step(i: int) -> None:
         seq, tgt = batches[i % len(batches)]
-        uni = torch.randint(1, args.items + 1, (args.negatives,))
+        uni = torch.randint(1, n_items + 1, (args.negatives,))
         loss, _, _ = lm(seq, mask, tgt, uni)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -68,7 +68,7 @@ def measure(name: str, args, profile: bool = False, sparse: str = "auto") -> dic
             step(i)
         times.append(time.perf_counter() - t0)
     sps = [args.steps * args.batch / t for t in times]
-    out = {"model": name, "items": args.items, "sparse_item_embeddings": sparse_emb,
+    out = {"model": name, "items": n_items, "sparse_item_embeddings": sparse_emb,
            "samples_per_s": float(np.median(sps)), "samples_per_s_all": [round(x) for x in sps]}
     if name in PEER:
         out["peer_samples_per_s"] = PEER[name]
@@ -88,7 +88,7 @@ def measure(name: str, args, profile: bool = False, sparse: str = "auto") -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="mind,comirec_sa,comirec_dr,youtubednn,sasrec")
-    ap.add_argument("--items", type=int, default=10000)
+    ap.add_argument("--items", type=int, nargs="+", default=[10000], help="catalogue sizes, each measured")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--max-len", type=int, default=50)
     ap.add_argument("--dim", type=int, default=64)
@@ -105,8 +105,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     prof = {m.strip() for m in args.profile.split(",") if m.strip()}
-    rows = [measure(m.strip(), args, m.strip() in prof, sp.strip()) for m in args.models.split(",") if m.strip()
-            for sp in args.sparse.split(",") if sp.strip()]
+    rows = [measure(m.strip(), args, m.strip() in prof, sp.strip(), n) for n in args.items
+            for m in args.models.split(",") if m.strip() for sp in args.sparse.split(",") if sp.strip()]
     print(f"\nbatch {args.batch}, L {args.max_len}, d {args.dim}, K {args.k}, {args.negatives} uniform + in-batch "
           f"negatives, {args.threads} threads (median of {args.repeats} × {args.steps} steps)\n")
     print("| model | items | sparse item table | samples/s | peer | ratio |\n|---|---|---|---|---|---|")
