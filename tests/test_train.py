@@ -248,6 +248,16 @@ def test_sparse_item_table_steps_like_adam_on_touched_rows_and_leaves_the_rest()
     assert not torch.equal(d2["item_emb.weight"][untouched2], d1["item_emb.weight"][untouched2])  # dense: momentum
 
 
+def test_train_auto_turns_the_sparse_item_table_on_by_catalogue_size(tiny, tmp_path, monkeypatch):
+    import mirec.train as mt
+
+    r = train(tiny, _mcfg("comirec_sa"), TrainConfig(max_steps=2, **TINY), tmp_path / "small", progress=False)
+    assert r.metrics["sparse_item_embeddings"] is False  # the tiny catalogue is far below SPARSE_AUTO_ITEMS
+    monkeypatch.setattr(mt, "SPARSE_AUTO_ITEMS", Dataset(tiny).n_items)  # as if this catalogue were large
+    r = train(tiny, _mcfg("comirec_sa"), TrainConfig(max_steps=2, **TINY), tmp_path / "large", progress=False)
+    assert r.metrics["sparse_item_embeddings"] is True and r.model.item_emb.weight.grad.is_sparse
+
+
 def test_train_with_sparse_item_table_resumes_exactly(tiny, tmp_path):
     cfg2 = TrainConfig(seed=1, sparse_item_embeddings="on", **{**TINY, "epochs": 2, "patience": 5})
     r = train(tiny, _mcfg("comirec_sa"), cfg2, tmp_path / "full", progress=False)
