@@ -14,7 +14,8 @@ Models (--embeddings), ComiRec-SA of the model registry, K=4, d=64, max_len=50:
            wall, samples_per_epoch=100,000, batch 256, 1,024 uniform+in-batch negatives, eval on 300 valid users,
            2 threads; at 10^6 items the item table trains sparse, TrainConfig.sparse_item_embeddings "auto": ~7,800
            steps in the 600 s, against a few hundred with a dense-Adam table). Head and mid items move into their
-           category clusters; the ~600k catalogue-padding items (one event each) stay near their initialisation (the metrics of the run are stored in
+           category clusters; the ~600k catalogue-padding items (one event each) stay near their initialisation
+           (the metrics of the run are stored in
            <cache>/trained_.../bench_train.json and in each row's package meta). The checkpoint, its item vectors
            (item_vectors.npy) and held-out histories are cached under --cache-dir (artifacts/bench-cache), so
            re-runs skip data generation and training; --train-budget-s / --train-samples change the budget (and
@@ -161,7 +162,8 @@ def trained_model(n_items: int, cache_dir: Path, budget: dict | None = None):
     from mirec.train import use_sparse_item_embeddings
 
     sparse = use_sparse_item_embeddings(TrainConfig(**budget), n_items, 1)  # a dense-Adam table trains ~17x slower
-    tag = f"trained_{n_items}_t{int(budget['max_time_s'])}_s{budget['samples_per_epoch']}" + ("_sparse" if sparse else "")
+    tag = (f"trained_{n_items}_t{int(budget['max_time_s'])}_s{budget['samples_per_epoch']}"
+           + ("_sparse" if sparse else ""))
     ckpt = cache_dir / tag
     ds_dir = _synth_dataset(n_items, cache_dir)
     if not (ckpt / "item_vectors.npy").exists():

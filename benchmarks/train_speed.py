@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mirec.models import ModelConfig, build  # noqa: E402
-from mirec.train import LossModule, TrainConfig, clip_grad_norm, make_optimizer, use_sparse_item_embeddings  # noqa: E402
+from mirec.train import (LossModule, TrainConfig, clip_grad_norm, make_optimizer,  # noqa: E402
+                         use_sparse_item_embeddings)
 
 PEER = {"mind": 9600, "comirec_sa": 9500}
 

@@ -92,8 +92,8 @@ class TrainConfig(StrictModel):
     grad_clip: float | None = Field(5.0, gt=0)
     #: sparse gradients for the item-embedding table, updated by SparseAdam (lazy Adam: only the rows a batch
     #: touched move). A dense Adam step rewrites the whole table: ComiRec-SA trains 16.8x faster sparse at 10^6
-    #: items, 1.34x at 10^5, 0.81x at 10^4 (benchmarks/results/train_speed_sparse.json). "auto" = on from SPARSE_AUTO_ITEMS catalogue
-    #: items in a single process without interest-aware hard negatives (which read the whole table); weight decay
+    #: items, 1.34x at 10^5, 0.81x at 10^4 (benchmarks/results/train_speed_sparse.json). "auto" = on from
+    #: SPARSE_AUTO_ITEMS catalogue items in a single process without interest-aware hard negatives (which read the whole table); weight decay
     #: then applies to the dense parameters only. Below that size (every quality benchmark) training is unchanged.
     sparse_item_embeddings: Literal["auto", "on", "off"] = "auto"
     eval_every: int = Field(1, ge=1)  # epochs
