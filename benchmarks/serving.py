@@ -156,11 +156,9 @@ def trained_model(n_items: int, cache_dir: Path, budget: dict | None = None):
     from mirec.checkpoint import load_model
     from mirec.data.schema import Dataset
     from mirec.models import ModelConfig
-    from mirec.train import TrainConfig, train
+    from mirec.train import TrainConfig, train, use_sparse_item_embeddings
 
     budget = {**TRAIN_BUDGET, **(budget or {})}
-    from mirec.train import use_sparse_item_embeddings
-
     sparse = use_sparse_item_embeddings(TrainConfig(**budget), n_items, 1)  # a dense-Adam table trains ~17x slower
     tag = (f"trained_{n_items}_t{int(budget['max_time_s'])}_s{budget['samples_per_epoch']}"
            + ("_sparse" if sparse else ""))

@@ -29,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mirec.models import ModelConfig, build  # noqa: E402
-from mirec.train import (LossModule, TrainConfig, clip_grad_norm, make_optimizer,  # noqa: E402
-                         use_sparse_item_embeddings)
+from mirec.train import LossModule, TrainConfig, clip_grad_norm, make_training_optimizer  # noqa: E402
 
 PEER = {"mind": 9600, "comirec_sa": 9500}
 
@@ -41,9 +40,7 @@ def measure(name: str, args, profile: bool = False, sparse: str = "auto", n_item
     model = build(mcfg)
     tcfg = TrainConfig(batch_size=args.batch, num_negatives=args.negatives, sparse_item_embeddings=sparse)
     lm = LossModule(model, tcfg, np.ones(n_items))
-    sparse_emb = use_sparse_item_embeddings(tcfg, n_items, 1)  # as mirec.train.train resolves it
-    model.item_emb.sparse = sparse_emb
-    opt, sched = make_optimizer(lm.parameters(), tcfg, 100, sparse_params=[model.item_emb.weight] if sparse_emb else ())
+    opt, sched, sparse_emb = make_training_optimizer(lm, tcfg, 100)  # as mirec.train.train sets it up
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randint(1, n_items + 1, (args.batch, args.max_len), generator=g),
                 torch.randint(1, n_items + 1, (args.batch,), generator=g)) for _ in range(8)]

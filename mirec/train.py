@@ -93,8 +93,9 @@ class TrainConfig(StrictModel):
     #: sparse gradients for the item-embedding table, updated by SparseAdam (lazy Adam: only the rows a batch
     #: touched move). A dense Adam step rewrites the whole table: ComiRec-SA trains 16.8x faster sparse at 10^6
     #: items, 1.34x at 10^5, 0.81x at 10^4 (benchmarks/results/train_speed_sparse.json). "auto" = on from
-    #: SPARSE_AUTO_ITEMS catalogue items in a single process without interest-aware hard negatives (which read the whole table); weight decay
-    #: then applies to the dense parameters only. Below that size (every quality benchmark) training is unchanged.
+    #: SPARSE_AUTO_ITEMS catalogue items in a single process without interest-aware hard negatives (which read
+    #: the whole table); weight decay then applies to the dense parameters only. Below that size (every quality
+    #: benchmark) training is unchanged.
     sparse_item_embeddings: Literal["auto", "on", "off"] = "auto"
     eval_every: int = Field(1, ge=1)  # epochs
     eval_max_users: int | None = Field(None, ge=1)
@@ -339,15 +340,10 @@ def use_sparse_item_embeddings(cfg: TrainConfig, n_items: int, world: int) -> bo
 
 class SparseDenseOptimizer:
     """Two optimizers stepped as one: Adam/AdamW over the dense parameters, SparseAdam over the parameters with
-    sparse gradients (the item table). Same interface as the parts the loop uses (zero_grad, step, state_dict,
-    param_groups)."""
+    sparse gradients (the item table). The interface the training loop uses: zero_grad, step, state_dict."""
 
     def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.Optimizer):
         self.parts = {"dense": dense, "sparse": sparse}
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for o in self.parts.values() for g in o.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.parts.values():
@@ -360,10 +356,7 @@ class SparseDenseOptimizer:
     def state_dict(self) -> dict:
         return {k: o.state_dict() for k, o in self.parts.items()}
 
-    def load_state_dict(self, state: dict) -> None:
-        if set(state) != set(self.parts):
-            raise ValueError("optimizer state is not a sparse+dense one: resume with the sparse_item_embeddings "
-                             "setting the run started with")  # mirec.train.train checks this first, with the path
+    def load_state_dict(self, state: dict) -> None:  # train() checks the layout matches before resuming
         for k, o in self.parts.items():
             o.load_state_dict(state[k])
 
@@ -430,6 +423,17 @@ def make_optimizer(params, cfg: TrainConfig, steps_per_epoch: int, sparse_params
     sparse = torch.optim.SparseAdam(list(sparse_params), lr=cfg.lr)
     both = SparseDenseOptimizer(opt, sparse)
     return both, _Schedulers({k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in both.parts.items()})
+
+
+def make_training_optimizer(loss_mod: LossModule, cfg: TrainConfig, steps_per_epoch: int, world: int = 1):
+    """The optimizer and schedule `train` steps: resolves `sparse_item_embeddings` for this run, switches the
+    model's item table to sparse gradients when on, and puts it under SparseAdam. -> (opt, sched, sparse)."""
+    model = loss_mod.model
+    sparse = use_sparse_item_embeddings(cfg, model.cfg.n_items, world)
+    model.item_emb.sparse = sparse  # F.embedding then returns a sparse gradient for the rows a batch used
+    opt, sched = make_optimizer(loss_mod.parameters(), cfg, steps_per_epoch,
+                                sparse_params=[model.item_emb.weight] if sparse else ())
+    return opt, sched, sparse
 
 
 # ---- runtime -------------------------------------------------------------------------------------
@@ -513,10 +517,7 @@ def train(dataset: str | Path | Dataset, model_cfg: ModelConfig, train_cfg: Trai
         runner = nn.parallel.DistributedDataParallel(loss_mod, device_ids=[dev.index] if dev.type == "cuda" else None)
     n_epoch = min(len(ex), cfg.samples_per_epoch or len(ex))
     steps_per_epoch = max(1, -(-n_epoch // cfg.batch_size) // world)
-    sparse_emb = use_sparse_item_embeddings(cfg, mcfg.n_items, world)
-    model.item_emb.sparse = sparse_emb  # F.embedding then returns a sparse gradient for the rows a batch used
-    opt, sched = make_optimizer(loss_mod.parameters(), cfg, steps_per_epoch,
-                                sparse_params=[model.item_emb.weight] if sparse_emb else ())
+    opt, sched, sparse_emb = make_training_optimizer(loss_mod, cfg, steps_per_epoch, world)
     use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and dev.type == "cuda")
     start_epoch, step, best, best_epoch, bad, log = 0, 0, -1.0, 0, 0, []
     if rank == 0:
