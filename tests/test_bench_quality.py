@@ -50,3 +50,26 @@ def test_quality_benchmark_shape_resume_and_variants(tiny, tmp_path):
     assert again.returncode == 0 and "0 runs to do (6 already done" in again.stdout
     bad = _bench("--data", str(tiny), "--models", "mind+nope", "--out", str(tmp_path / "b.json"))
     assert bad.returncode != 0 and "unknown variant 'nope'" in bad.stderr
+
+
+def test_ml100k_atomic_files_convert_to_the_movielens_layout(tmp_path):
+    """benchmarks/public_data.py: RecBole's atomic ml-100k files -> ratings.csv + movies.csv that
+    `mirec data prepare -f movielens-csv` reads (primary genre = category). No network: crafted files."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from public_data import convert_ml100k
+
+    inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    inter += "".join(f"{u}\t{i}\t{(u + i) % 5 + 1}\t{880000000 + 10 * u + i}\n" for u in range(1, 21) for i in range(1, 7))
+    item = ("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+            "1\tToy Story\t1995\tAnimation Children's Comedy\n2\tGoldenEye\t1995\tAction Adventure Thriller\n"
+            "3\tFour Rooms\t1995\tThriller\n4\tGet Shorty\t1995\tAction Comedy Drama\n5\tCopycat\t1995\t\n"
+            "6\tShanghai Triad\t1995\tDrama\n")
+    raw = tmp_path / "ml-100k"
+    assert convert_ml100k(inter, item, raw) == {"ratings": 120, "items": 6}
+    out = tmp_path / "prepared"
+    prepare(DataConfig(name="ml-100k", out_dir=str(out), source={"format": "movielens-csv", "path": str(raw)}),
+            progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_kept"] == 120 and summary["n_items"] == 6 and summary["n_categories"] == 5
+    items = __import__("pandas").read_parquet(out / "items.parquet")
+    assert set(items["category"].astype(str)) == {"Animation", "Action", "Thriller", "Drama", "(no genres listed)"}
