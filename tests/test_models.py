@@ -103,6 +103,20 @@ def test_selection_scale_and_sampled_follows_softmax():
     assert (hard.select(V, e, scale=5.0)[:, 0] == 1).all()
 
 
+def test_comirec_dr_trains_with_soft_selection_so_every_capsule_gets_gradient():
+    # measured default (docs/models.md, "Interest selection"): the argmax winner alone would take every update
+    assert _model("comirec_dr").selection == "sampled"
+    assert _model("mind").selection == "max" and _model("comirec_sa").selection == "max"
+    V = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]]).repeat(256, 1, 1).requires_grad_()  # [B, K=2, d=2]
+    e = torch.tensor([[1.0, 0.0]]).expand(256, -1)  # interest 0 always wins the argmax
+    torch.manual_seed(0)
+    for selection, both_learn in (("hard", False), ("sampled", True)):
+        V.grad = None
+        _model("comirec_dr", selection=selection).select(V, e, scale=5.0).sum().backward()
+        reached = (V.grad.abs().sum((0, 2)) > 0).tolist()  # [K]: did interest k get any gradient
+        assert reached == [True, both_learn]
+
+
 def test_sasrec_is_causal_and_reads_the_last_item():
     m = _model("sasrec")
     h = np.array([4, 9, 2, 7])
