@@ -293,9 +293,21 @@ def cpu_seconds(procs: dict[str, list]) -> dict[str, float]:
     return out
 
 
-def start_api(ts_url: str, model: str, workdir: Path) -> tuple[subprocess.Popen, str]:
-    return launch_api({"torchserve_url": ts_url, "log_path": str(workdir / "served.jsonl"), "timeout_ms": 60000,
-                       "experiment": {"salt": "bench", "arms": [{"name": "A", "model": model}]}}, workdir)
+def start_api(ts_url: str, model: str, workdir: Path, warmup: int = 0) -> tuple[subprocess.Popen, str]:
+    """The API in front of `model`; `warmup` > 0: its own warm-up (ApiSettings.warmup), returned once /readyz says
+    ready, i.e. what a client meets first on a freshly started stack."""
+    settings = {"torchserve_url": ts_url, "log_path": str(workdir / "served.jsonl"), "timeout_ms": 60000,
+                "experiment": {"salt": "bench", "arms": [{"name": "A", "model": model}]}}
+    if warmup:
+        settings["warmup"] = {"requests": warmup}
+    proc, url = launch_api(settings, workdir)
+    deadline = time.monotonic() + 600
+    while warmup and requests.get(f"{url}/readyz", timeout=5).status_code != 200:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.terminate()
+            raise RuntimeError(f"API not ready after its warm-up: {(workdir / 'api.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+    return proc, url
 
 
 def launch_api(settings: dict, workdir: Path, start_timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
@@ -473,7 +485,7 @@ def run_case(case: Case, kind: str, concurrency: list[int], n_requests: int, wor
              batch_delay_ms: int, cache_dir: Path | None = None, batch_size: int = 8,
              rounds: int = 4, warmup: int = 200, threads: int = 1, effort: int | None = None,
              curve: list[int] | None = None, workers: int = 1,
-             paths: tuple[str, ...] = PATHS) -> tuple[list[dict], list[dict]]:
+             paths: tuple[str, ...] = PATHS, api_warmup: int = 0) -> tuple[list[dict], list[dict]]:
     """-> (rows, effort curve). `effort` overrides the packaged efSearch / nprobe in the MAR and in-process.
     `paths`: which of inproc / torchserve / stack to measure (inproc alone starts no TorchServe)."""
     n_items = case.n_items
@@ -521,7 +533,7 @@ def run_case(case: Case, kind: str, concurrency: list[int], n_requests: int, wor
             ts.start(timeout_s=600)
             calls["torchserve"] = http_caller(f"{ts.inference_url}/predictions/{name}")
             if "stack" in paths:
-                api, api_url = start_api(ts.inference_url, name, workdir)
+                api, api_url = start_api(ts.inference_url, name, workdir, api_warmup)
                 calls["stack"] = http_caller(f"{api_url}/recommend")
                 procs = stack_processes(ts, api)
             else:
@@ -572,7 +584,7 @@ def run_case(case: Case, kind: str, concurrency: list[int], n_requests: int, wor
                   "embeddings": case.embeddings, "served_index": served_kind, "model": case.model_name,
                   "model_options": case.options,
                   "loadavg_1m_end": round(os.getloadavg()[0], 2), "ts_batch_size": batch_size,
-                  "K": K, "n": N, "package_s": round(package_s, 1),
+                  "K": K, "n": N, "package_s": round(package_s, 1), "warmup": warmup, "api_warmup": api_warmup,
                   "index_build_s": meta["index"]["build_s"], "answer_recall": recall,
                   "index_params": {k: v for k, v in meta_index.items() if k not in ("kind", "build_s")}})
         print(f"[{name}] {case.embeddings} {r['path']} c={r['concurrency']}: recall {recall} p50 {r['p50_ms']} "
@@ -681,6 +693,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="MIREC_THREADS for the worker and the in-process call")
     ap.add_argument("--warmup", type=int, default=200,
                     help="requests per path before measuring (the JVM compiles TorchServe's hot path meanwhile)")
+    ap.add_argument("--api-warmup", type=int, default=0,
+                    help="the API's own warm-up calls (ApiSettings.warmup, as `mirec serve` and the chart do), "
+                         "measured after its /readyz says ready")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
     ap.add_argument("--no-merge", action="store_true",
                     help="overwrite --out instead of replacing only the rows of the configurations measured now")
@@ -709,7 +724,8 @@ def main() -> None:
                     for i, effort in enumerate([None] + (list(a.efforts or []) if kind != "flat" else [])):
                         r, c = run_case(case, kind, a.concurrency, a.requests, Path(tmp), index[kind],
                                         a.max_batch_delay_ms, a.cache_dir, a.batch_size, a.rounds, a.warmup,
-                                        a.threads, effort, a.curve if i == 0 else None, a.workers, tuple(a.paths))
+                                        a.threads, effort, a.curve if i == 0 else None, a.workers, tuple(a.paths),
+                                        a.api_warmup)
                         rows += r
                         curves += c
                         write(a, rows, curves, budget)  # partial results survive a later failure

@@ -643,7 +643,8 @@ def test_api_settings_follow_the_contract(helm):
     docs = render(helm, "production")
     settings = yaml.safe_load(configmap_file(docs, f"{FULL}-api", "api.yaml"))
     assert set(settings) == {"torchserve_url", "torchserve_token_file", "experiment", "log_path", "feast", "timeout_ms",
-                             "upstream_protocol"}
+                             "upstream_protocol", "warmup"}
+    assert settings["warmup"] == {"requests": 5000, "max_s": 60}  # the pod joins the Service warm
     assert settings["upstream_protocol"] == "torchserve"
     assert settings["experiment"] == {"salt": "exp-2026-q4", "arms": [
         {"name": "A", "model": "mirec_a", "weight": 0.9}, {"name": "B", "model": "mirec_b", "weight": 0.1}]}
@@ -671,7 +672,7 @@ def test_rendered_files_load_with_the_project_models(helm, profile, tmp_path):
     path = tmp_path / "api.yaml"
     path.write_text(configmap_file(docs, f"{FULL}-api", "api.yaml"))
     settings = settings_mod.load_settings(path)
-    assert settings.experiment.arms[0].model == "mirec_a"
+    assert settings.experiment.arms[0].model == "mirec_a" and settings.warmup.requests == 5000
     monitor_cm = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == f"{FULL}-monitor"]
     if monitor_cm:
         config = pytest.importorskip("mirec.monitoring.config", reason="mirec.monitoring not importable")

@@ -282,7 +282,7 @@ def _group_alive(ts) -> bool:
 def _serve(pkg, tmp_path):
     api, ts = free_port(), free_port_block(5)
     proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--package", str(pkg["dir"]), "--port", str(api),
-                             "--ts-port", str(ts), "--workdir", str(tmp_path / "run")], cwd=ROOT,
+                             "--ts-port", str(ts), "--workdir", str(tmp_path / "run"), "--warmup", "10"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
     def ready():

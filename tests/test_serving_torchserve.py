@@ -223,7 +223,8 @@ def test_mirec_serve_cli_starts_and_stops_the_stack(stack, tmp_path):
     api, ts = free_port(), free_port_block(5)
     code = "import sys; from mirec.cli import run; sys.argv[0] = 'mirec'; run()"
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--package", str(stack.root / "pkg"), "--port", str(api),
-                             "--ts-port", str(ts), "--workdir", str(tmp_path / "run"), "--log", str(tmp_path / "s.jsonl")],
+                             "--ts-port", str(ts), "--workdir", str(tmp_path / "run"), "--log", str(tmp_path / "s.jsonl"),
+                             "--warmup", "25"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -235,6 +236,11 @@ def test_mirec_serve_cli_starts_and_stops_the_stack(stack, tmp_path):
                 pass
             time.sleep(0.3)
         assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
+        while time.monotonic() < deadline and requests.get(f"http://127.0.0.1:{api}/readyz", timeout=2).status_code != 200:
+            time.sleep(0.3)  # ready = every arm has a worker and has been warmed up through the real TorchServe
+        warm = requests.get(f"http://127.0.0.1:{api}/readyz", timeout=2).json()["warmup"]
+        assert {w["state"] for w in warm.values()} == {"done"} and all(w["calls"] == 25 for w in warm.values()), warm
+        assert all(w["errors"] == 0 for w in warm.values()), warm
         r = requests.post(f"http://127.0.0.1:{api}/recommend", json={"user_id": "cli", "history": ["item-2"], "n": 4})
         assert r.status_code == 200 and r.json()["arm"] in ("A", "B")
         java = [p.pid for p in psutil.Process(proc.pid).children(recursive=True) if "java" in p.name()]
@@ -243,7 +249,7 @@ def test_mirec_serve_cli_starts_and_stops_the_stack(stack, tmp_path):
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out.decode()[-2000:]
         assert not [p for p in java if psutil.pid_exists(p)]
-        assert len(read_served_log(tmp_path / "s.jsonl")) == 1
+        assert len(read_served_log(tmp_path / "s.jsonl")) == 1  # the warm-up calls are not client traffic
     finally:
         if proc.poll() is None:
             proc.kill()

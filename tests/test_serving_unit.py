@@ -272,6 +272,72 @@ def test_api_upstream_down(tmp_path):
 
 
 
+def _wait_ready(c, timeout_s=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = c.get("/readyz")
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(0.05)
+    raise AssertionError(f"not ready within {timeout_s} s: {r.text}")
+
+
+def test_api_warms_every_arm_up_before_it_is_ready_and_logs_none_of_it(service, tmp_path):
+    """warmup.requests calls per arm's model, histories drawn from what the model answered (not only the empty
+    first one); /readyz 503 while they run, then 200 with their account; no served-log line, no request counted."""
+    from mirec.serving.api import create_app
+    from mirec.serving.warmup import WarmupSettings
+
+    seen = []
+
+    class Recording(InProcessTorchServe):
+        async def predict(self, model, body, request_id):
+            seen.append((model, json.loads(body)))
+            return await super().predict(model, body, request_id)
+
+    up = Recording({"mirec_a": service, "mirec_b": service}, delay_s=0.002)
+    settings = _settings(tmp_path, warmup=WarmupSettings(requests=40), readiness_cache_ms=0)
+    with TestClient(create_app(settings, upstream=up)) as c:
+        first = c.get("/readyz")
+        assert first.status_code == 503 and first.json()["warmup"]["mirec_a"]["state"] == "running", first.text
+        assert c.get("/healthz").status_code == 200  # liveness answers while warming
+        body = _wait_ready(c)
+        assert {m: (w["state"], w["calls"], w["errors"]) for m, w in body["warmup"].items()} == {
+            "mirec_a": ("done", 40, 0), "mirec_b": ("done", 40, 0)}
+        assert 'mirec_api_requests_total{arm="A",status="200"}' not in c.get("/metrics").text
+        r = c.post("/recommend", json={"user_id": "u1", "history": ["item-1"], "n": 5})
+        assert r.status_code == 200
+    assert [m for m, _ in seen[:80]] == ["mirec_a"] * 40 + ["mirec_b"] * 40  # one model at a time
+    hists = [b["history"] for _, b in seen[:40]]
+    assert hists[0] == [] and all(5 <= len(h) <= 50 for h in hists[1:])
+    assert all(set(h) <= set(service.item_ids.ids) for h in hists)  # ids the model knows
+    assert len({tuple(h) for h in hists}) > 30  # sampled, not one history repeated
+    assert len(read_served_log(tmp_path / "served.jsonl")) == 1  # only the client's request
+
+
+def test_warm_up_waits_for_the_model_server_and_then_gives_up_without_blocking(tmp_path):
+    import asyncio
+
+    from mirec.serving.api import create_app
+    from mirec.serving.warmup import WarmupSettings, warm_up
+
+    down = InProcessTorchServe({}, refuse=True)
+    st = asyncio.run(warm_up(down, "mirec_a", WarmupSettings(requests=10, wait_s=0.5)))
+    assert st["state"] == "gave up" and st["calls"] == 0 and "unreachable" in st["detail"]
+    settings = _settings(tmp_path, warmup=WarmupSettings(requests=10, wait_s=0.2), readiness_cache_ms=0)
+    with TestClient(create_app(settings, upstream=down)) as c:
+        import time
+
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").json()["warmup"]["mirec_b"]["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = c.get("/readyz").json()
+        assert {w["state"] for w in body["warmup"].values()} == {"gave up"}
+        assert not body["arms"]["A"]["ready"]  # readiness now goes by the arms alone (here: down)
+
+
 def test_diversity_aggregator_through_service():
     """A diversity aggregator of the registry gets the request's `diversity`; served == offline."""
     from mirec.data.schema import IdMap

@@ -77,6 +77,9 @@ def serve_cmd(
     ts_port: int = typer.Option(8080, help="TorchServe inference port; management = +1, metrics = +2, gRPC = +3, +4 (127.0.0.1)."),
     workdir: Optional[Path] = typer.Option(None, help="TorchServe logs / temp dir (default: a fresh temp dir)."),
     log: Optional[str] = typer.Option(None, help="Served-log path (overrides the settings)."),
+    warmup: int = typer.Option(5000, min=0, help="Warm-up calls per model before /readyz says ready (a cold Java "
+                               "frontend answers ~2x slower; docs/serving.md \"Warm-up\"); 0 = off. Overrides the "
+                               "settings' warmup.requests."),
 ) -> None:
     """Start the local stack on loopback: TorchServe with every packaged MAR + the A/B API. Ctrl-C stops both.
 
@@ -87,10 +90,12 @@ def serve_cmd(
 
     stack = LocalStack(package_dir, settings=settings, workdir=workdir, api_port=port,
                        ts_ports=(ts_port, ts_port + 1, ts_port + 2), log_path=log,
-                       grpc_ports=(ts_port + 3, ts_port + 4))
+                       grpc_ports=(ts_port + 3, ts_port + 4), warmup_requests=warmup)
     arms = ", ".join(f"{a.name}={a.model} ({a.weight:g})" for a in stack.settings.experiment.arms)
     typer.echo(f"TorchServe {stack.ts.inference_url} (logs {stack.ts.log_dir}); API {stack.api_url}; arms {arms}; "
                f"served log {stack.settings.log_path}")
+    if warmup:
+        typer.echo(f"warming up each model with {warmup} calls: {stack.api_url}/readyz says ready when done")
     try:
         stack.run_forever()
     except TorchServeDied as exc:

@@ -9,7 +9,8 @@ It owns what a real deployment keeps outside the model server:
     counted in `mirec_api_feast_fallback_total`.
   - The served log: one `ServedLog` JSON line per answered request (what monitoring reads), rotated by size/age.
   - /metrics (Prometheus), /healthz (liveness: this process answers) and /readyz (readiness: every arm's model
-    has a READY worker in TorchServe; Feast's state reported).
+    has a READY worker in TorchServe and, with `warmup.requests` > 0, has been warmed up by that many calls,
+    `mirec.serving.warmup`; Feast's state reported).
   - TorchServe token auth: the inference key is read from `torchserve_token_file` at startup; when TorchServe
     rejects it (400/401 "Token Authorization failed", e.g. after a TorchServe restart made a new key) the
     file is read again and the request retried once with the new key.
@@ -50,6 +51,7 @@ from mirec.serving.schema import HandlerAnswer, RecommendResponse, ServedLog
 from mirec.serving.service import BadRequest, error_body, freeze_loaded_objects, parse_request
 from mirec.serving.settings import ApiSettings, AuthSettings
 from mirec.serving.upstream import ModelServer, TorchServeClient, UpstreamReply, UpstreamTimeout, UpstreamUnavailable
+from mirec.serving.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +278,7 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
     metrics = Metrics()
     settings.auth.load_keys()  # an unreadable or malformed keys file is a configuration error now, not at first use
     writer = ServedLogWriter.from_settings(settings)
-    state: dict = {"history": history_client, "ready": None}
+    state: dict = {"history": history_client, "ready": None, "warmup": {}}
     models = list(dict.fromkeys(a.model for a in settings.experiment.arms))
 
     @asynccontextmanager
@@ -298,7 +300,13 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
                                                    timeout_ms=settings.feast.timeout_ms).recent_items
         await feedback.start()  # POST /feedback (mirec/serving/feedback.py): opens the Feast pusher if configured
         freeze_loaded_objects()  # modules, app and clients live as long as the process: keep them out of GC passes
+        warming = None
+        if settings.warmup.requests > 0:  # in the background: /healthz answers meanwhile, /readyz waits for it
+            state["warmup"] = {m: {"state": "running"} for m in models}
+            warming = asyncio.create_task(_warm_up_all(server))
         yield
+        if warming is not None:
+            warming.cancel()
         await server.close()
         writer.close()
         feedback.close()
@@ -317,6 +325,16 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
                             headers=getattr(exc, "headers", None))
 
     app.add_middleware(Guard, settings=settings, metrics=metrics)
+
+    async def _warm_up_all(server: ModelServer) -> None:
+        for i, m in enumerate(models):  # one model at a time: on a small node they share the cores
+            try:
+                st = await warm_up(server, m, settings.warmup, seed=i)
+            except Exception as exc:  # noqa: BLE001 - warm-up must never keep the API unready
+                st = {"state": "gave up", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+            state["warmup"][m] = st
+            state["ready"] = None  # readiness changes now, not after the cache expires
+            (log.info if st["state"] == "done" else log.warning)("warm-up of %s: %s", m, st)
 
     async def _predict(model: str, body: bytes, request_id: str) -> UpstreamReply:
         server: ModelServer = state["server"]
@@ -458,7 +476,10 @@ def create_app(settings: ApiSettings, *, history_client: HistoryClient | None = 
                 feast = {"enabled": True, "ok": True}
             except Exception as exc:  # noqa: BLE001 - reported, not fatal: requests are served without history
                 feast = {"enabled": True, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        return ok, {"status": "ready" if ok else "not ready", "arms": arms, "feast": feast}
+        warm = state["warmup"]
+        if any(w["state"] == "running" for w in warm.values()):
+            ok = False
+        return ok, {"status": "ready" if ok else "not ready", "arms": arms, "feast": feast, "warmup": warm}
 
     @app.get("/readyz")
     async def readyz():

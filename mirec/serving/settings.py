@@ -27,6 +27,7 @@ from pydantic import Field
 from mirec.config import StrictModel, load_yaml_config
 from mirec.errors import ConfigError
 from mirec.serving.ab import Arm, Experiment
+from mirec.serving.warmup import WarmupSettings
 
 
 class FeastSettings(StrictModel):
@@ -124,6 +125,9 @@ class ApiSettings(StrictModel):
     #: FastAPI's /docs, /redoc and /openapi.json (off unless asked for; `mirec serve` turns them on locally)
     docs: bool = False
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    #: calls sent to every arm's model before /readyz says ready (mirec.serving.warmup: a cold Java frontend is
+    #: ~2x slower per request); off here, on in `mirec serve` and the Helm chart
+    warmup: WarmupSettings = Field(default_factory=WarmupSettings)
 
     def _keys(self) -> dict | None:
         if not self.torchserve_token_file:

@@ -54,7 +54,8 @@ class LocalStack:
     def __init__(self, package_dir: str | Path, settings: ApiSettings | str | Path | None = None,
                  workdir: str | Path | None = None, api_port: int = 8000,
                  ts_ports: tuple[int, int, int] | None = None, log_path: str | None = None,
-                 grpc_ports: tuple[int, int] | None = None):
+                 grpc_ports: tuple[int, int] | None = None, warmup_requests: int | None = None):
+        """`warmup_requests`: the API's warm-up calls per model (None = the settings' `warmup.requests`)."""
         self.store, self.models = read_package(package_dir)
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="mirec-serve-")
         self.workdir = Path(workdir or self._tmp.name)
@@ -74,6 +75,9 @@ class LocalStack:
                 upd["log_path"] = log_path
             self.settings = s.model_copy(update=upd)
         self.settings = self.settings.model_copy(update={"torchserve_management_url": self.ts.management_url})
+        if warmup_requests is not None:
+            self.settings = self.settings.model_copy(
+                update={"warmup": self.settings.warmup.model_copy(update={"requests": warmup_requests})})
         for m in self.models:
             if m.client_timeout_ms and m.client_timeout_ms < self.settings.timeout_ms:
                 log.warning("model %s: TorchServe drops requests queued longer than %d ms (client_timeout_ms), the "
