@@ -66,6 +66,9 @@ VARIANTS = {
     "strongortho": ({"options": {"lambda_basis": 0.1, "lambda_margin": 0.1, "margin": 0.0}}, {}),  # λ 0.1, no margin
     # GemiRec ablation (ModelConfig.options = mirec.models.gemirec.GemiRecOptions)
     "fusionrandinit": ({"options": {"fusion_zero_init": False}}, {}),  # the paper's fusion MLP: default init
+    "proto": ({"options": {"prototype_weight": 1.0}}, {}),  # + γ‖u‖·sg[dec(e_m)], the code's item vector, γ₀ = 1
+    "proto3": ({"options": {"prototype_weight": 3.0}}, {}),  # the same, γ₀ = 3: the code's items weigh more than u
+    "attn": ({"options": {"fusion": "attention"}}, {}),  # the code steers the tower's pooling (u_m per code)
 }
 METRICS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "diversity@50", "ild@50",
            "coverage@50", "gini@50", "interest_cos", "effective_interests", "single_interest_share",
@@ -109,7 +112,10 @@ def run_configs(model: str, config: str, dataset_name: str, args) -> tuple[dict,
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"error: unknown variant {v!r} in {model!r}; known: {', '.join(VARIANTS)}")
-        m, t = {**m, **VARIANTS[v][0]}, {**t, **VARIANTS[v][1]}
+        vm, vt = VARIANTS[v]
+        if "options" in vm and "options" in m:  # two option variants (e.g. gemirec+attn+proto): both apply
+            vm = {**vm, "options": {**m["options"], **vm["options"]}}
+        m, t = {**m, **vm}, {**t, **vt}
     if config == "tuned":
         import yaml
 

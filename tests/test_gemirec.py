@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from mirec import metrics as M
 from mirec.models import ModelConfig, build, pad_histories
+from mirec.models.base import pos_ids
 from mirec.models.gemirec import GemiRecOptions, auto_codebook_sizes, kmeans, select_codes
 
 SMALL = {"codebook_sizes": [4, 3, 2], "code_dim": 4, "gpt_layers": 1, "gpt_heads": 2, "gpt_dim": 8,
@@ -183,6 +184,63 @@ def test_fused_interests_start_as_the_user_tower():
     torch.testing.assert_close(interests, tower[:, None].expand_as(interests))
     user.sum().backward()
     assert m.fusion[0].weight.grad[:, :q].abs().sum() > 0
+
+
+def test_prototype_fusion_adds_the_decoded_code_vector_only_where_codes_are_used():
+    """prototype_weight γ₀: u_m = u + MLP(concat(e_m, u)) + γ‖u‖·sg[dec(e_m)] in the stages with codes; the stage
+    without codes (e = 0) has no prototype; γ learns, the decoder gets no gradient from it; off = no parameter."""
+    assert not hasattr(_model(), "prototype_gamma")
+    m = _model(mirm_codes="predicted", prototype_weight=0.5).train()
+    seq, mask = pad_histories([np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8])], 12)
+    m.begin_epoch(0)  # mirm: no codes, no prototype (fusion zero-init: u_m = u)
+    _, interests = m(seq, mask, torch.tensor([10, 11]))
+    u = m.user_vector(seq, mask)
+    torch.testing.assert_close(interests, m.to_score_space(u)[:, None].expand_as(interests))
+    m.begin_epoch(2)  # joint: the decoded code vector, scaled by γ‖u‖, is added to every interest
+    user, interests = m(seq, mask, torch.tensor([10, 11]))
+    e = m.interest_emb(m.codes)  # [B, K, C·q]
+    want = u[:, None] + 0.5 * u.norm(dim=-1)[:, None, None] * m.dec(e)
+    torch.testing.assert_close(interests, m.to_score_space(want))
+    assert interests.shape == (2, 3, 8) and len({tuple(r.tolist()) for r in m.codes[0:1].T}) == 3
+    assert (interests[:, 0] - interests[:, 1]).abs().sum() > 0  # different codes, different interests
+    user.sum().backward()
+    assert m.prototype_gamma.grad is not None and m.prototype_gamma.grad != 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.dec.parameters())  # MIRM: sg[dec]
+    m.eval()
+    m.cache.size = 0
+    torch.testing.assert_close(m.serving_interests(seq, mask), m.to_score_space(want.detach()))  # served = trained
+
+
+def test_attention_fusion_pools_the_history_per_code_and_starts_as_the_tower():
+    """fusion "attention": u_m = Σ_l softmax_l(s_l + q_mᵀk_l/√r) h_l (+ the tower's MLP), q_m = W_q e_m; W_q = 0 at the
+    start (every u_m = u), then each code pools the history its own way; padding changes nothing."""
+    m = _model(mirm_codes="predicted", fusion="attention", attention_rank=4).train()
+    seq, mask = pad_histories([np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8])], 12)
+    m.begin_epoch(2)
+    user, interests = m(seq, mask, torch.tensor([10, 11]))
+    u = m.to_score_space(m.user_vector(seq, mask))
+    torch.testing.assert_close(interests, u[:, None].expand_as(interests))  # W_q = 0: the tower
+    user.sum().backward()
+    assert m.attn_query.weight.grad.abs().sum() > 0  # and W_q learns
+    with torch.no_grad():
+        m.attn_query.weight.normal_()
+    m.eval()
+    m.cache.size = 0
+    got = m.serving_interests(seq, mask)  # [B, K, d]
+    # by hand: the tower's logits + the code's query against the keys, softmax over the real items
+    H = m.item_emb(seq)
+    s_l = m.W2(torch.tanh(m.W1(H + m.pos_emb(pos_ids(mask))))).squeeze(-1)
+    e = m.interest_emb(m.codes)
+    sc = s_l[:, None] + torch.einsum("bmr,blr->bml", m.attn_query(e), m.attn_key(H)) / 2.0  # √r = 2
+    a = torch.softmax(sc.masked_fill(~mask[:, None], float("-inf")), -1)
+    u_m = torch.einsum("bml,bld->bmd", a, H)
+    u_m = u_m + m.user_mlp(u_m)
+    torch.testing.assert_close(got, m.to_score_space(m.fuse(e, u_m)))
+    torch.testing.assert_close(m.aux, a)  # the routing the metrics read: one attention per interest
+    assert (a[:, 0] - a[:, 1]).abs().sum() > 1e-3  # codes pool differently
+    m.cache.clear()
+    alone = m.serving_interests(seq[:1, :3], mask[:1, :3])  # the short history without its padding
+    torch.testing.assert_close(alone, got[:1])
 
 
 def test_predicted_codes_training_path_scores_with_the_best_interest():

@@ -19,6 +19,10 @@ MIRM — u = user tower (self-attentive pooling + MLP, ComiRec-SA's one-head enc
   u_m = fusion(concat(e_m, u)) = u + MLP(concat(e_m, u)),  score(m, u, i) = cos(u_m, v_i)
   (`fusion_zero_init`: the MLP's last layer and its weights on e_m start at 0, so every u_m starts as u and, when
   the codes enter in the joint stage, as the tower the mirm stage trained: the codes can only add to it)
+  (`prototype_weight` γ₀ > 0 adds γ‖u‖·sg[dec(e_m)]: the item vector the decoder reconstructs from the code, which
+  turns each u_m toward its code's items; γ is learnt. Off by default, the paper's fusion)
+  (`fusion: attention`: the code also steers the tower's pooling, u_m = Σ_l softmax_l(s_l + (W_q e_m)ᵀ(W_k h_l)/√r) h_l
+  + MLP, s_l the tower's attention logits, W_q starting at 0; then the fusion MLP as above. "mlp" = the paper's)
   which codes m a training example is fused with (`mirm_codes`):
   "predicted" (default): the K codes it would be served with, M̂ = ε-rule top K of sg[MIPDM logits] [B, K];
       the positive and every item negative are scored by their best interest, max_{m ∈ M̂} s(m, u, i) (the
@@ -84,6 +88,16 @@ class GemiRecOptions(StrictModel):
     #: enter (joint stage) every u_m is the tower trained so far, u + MLP(concat(0, u)): those weights only learn
     #: once e_m ≠ 0
     fusion_zero_init: bool = True
+    #: γ₀ of the code-prototype term of the fusion, u_m = u + MLP(concat(e_m, u)) + γ‖u‖·sg[dec(e_m)]: dec(e_m) is
+    #: what IDMM's decoder reconstructs from the code, the item vector the code stands for, so the term turns u
+    #: toward the code's items; γ learns from γ₀. 0 = off (the paper's fusion)
+    prototype_weight: float = Field(0.0, ge=0)
+    #: what the code is fused with: "mlp" (the paper's) = the tower's one pooled u for every code; "attention" =
+    #: the code also steers the tower's pooling, u_m = Σ_l softmax_l(s_l + q_mᵀk_l / √r) h_l with q_m = W_q e_m,
+    #: k_l = W_k h_l (rank r = `attention_rank`; W_q starts at 0, so u_m starts as u): each code pools the history
+    #: items that go with it, as ComiRec-SA's heads do, before the fusion MLP
+    fusion: Literal["mlp", "attention"] = "mlp"
+    attention_rank: int = Field(32, ge=1)
     code_dim: int = Field(16, ge=1)  # d_q
     beta: float = Field(0.25, ge=0)  # commitment
     lambda_idmm: float = Field(0.2, ge=0)
@@ -237,6 +251,12 @@ class GemiRec(MultiInterestModel):
             with torch.no_grad():
                 self.fusion[0].weight[:, : C * q].zero_()  # weights on e: no gradient while e = 0 (mirm, idmm)
                 self.fusion[-1].weight.zero_(), self.fusion[-1].bias.zero_()
+        if o.prototype_weight > 0:
+            self.prototype_gamma = nn.Parameter(torch.tensor(float(o.prototype_weight)))
+        if o.fusion == "attention":
+            self.attn_query = nn.Linear(C * q, o.attention_rank, bias=False)  # W_q: 0 at the start (u_m = u)
+            self.attn_key = nn.Linear(d, o.attention_rank, bias=False)  # W_k
+            nn.init.zeros_(self.attn_query.weight)
         self.register_buffer("stage_id", torch.tensor(0))  # index into STAGES; saved with the weights
         self.register_buffer("dict_ready", torch.tensor(False))  # codebooks initialised (k-means)
         self.cache = CodeCache(o.cache_size)
@@ -380,16 +400,37 @@ class GemiRec(MultiInterestModel):
     def user_vector(self, item_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         H = self.item_emb(item_seq)  # [B, L, d]
         logits = self.W2(torch.tanh(self.W1(H + self.pos_emb(pos_ids(mask))))).squeeze(-1)  # [B, L]
+        self._tower = (H, logits, mask)  # for code_user_vectors: the pooling per code reuses them
         a = masked_softmax(logits, mask, dim=-1)  # [B, L]
         self._attn = a
         u = torch.einsum("bl,bld->bd", a, H)
         return u + self.user_mlp(u)  # [B, d]
 
-    def fuse(self, e: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """u_m = u + MLP(concat(e_m, u)); e [.., C·q], u broadcast to e's leading shape -> [.., d]
-        (a residual on the tower: with `fusion_zero_init` the codes start with no effect)"""
+    def code_user_vectors(self, u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The tower's vector per code: u [B, d] (fusion "mlp": the same for every code) -> [B, M, d] for e
+        [B, M, C·q] (fusion "attention": u_m = the history pooled with the code's query; user_vector first)."""
+        if self.opt.fusion == "mlp":
+            return u[:, None, :].expand(-1, e.shape[1], -1)
+        H, logits, mask = self._tower
+        k = self.attn_key(H)  # [B, L, r]
+        qm = self.attn_query(e)  # [B, M, r]
+        scores = logits[:, None, :] + torch.einsum("bmr,blr->bml", qm, k) / math.sqrt(k.shape[-1])  # [B, M, L]
+        a = masked_softmax(scores, mask[:, None, :], dim=-1)  # [B, M, L]
+        self._code_attn = a
+        u_m = torch.einsum("bml,bld->bmd", a, H)
+        return u_m + self.user_mlp(u_m)  # [B, M, d]
+
+    def fuse(self, e: torch.Tensor, u: torch.Tensor, codes: bool = True) -> torch.Tensor:
+        """u_m = u + MLP(concat(e_m, u)) [+ γ‖u‖·sg[dec(e_m)]]; e [.., C·q], u broadcast to e's leading shape
+        -> [.., d] (a residual on the tower: with `fusion_zero_init` the codes start with no effect). codes=False:
+        e is the placeholder 0 of the stages without codes, which has no prototype."""
         u = u.expand(*e.shape[:-1], u.shape[-1])
-        return u + self.fusion(torch.cat([e, u], -1))
+        u_m = u + self.fusion(torch.cat([e, u], -1))
+        if self.opt.prototype_weight > 0:  # in every call, so that γ is in every step's graph (DDP)
+            with torch.no_grad():  # a fixed function of the dictionary here: IDMM alone trains the decoder
+                proto = self.dec(e) if codes else torch.zeros_like(u)  # [.., d] the code's item vector
+            u_m = u_m + self.prototype_gamma * u.norm(dim=-1, keepdim=True) * proto
+        return u_m
 
     def serving_codes(self, item_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, K] the codes each user is served with (ε rule), through the per-history cache in eval mode."""
@@ -414,8 +455,9 @@ class GemiRec(MultiInterestModel):
         else:  # stage mirm: no dictionary yet, K copies of the single interest
             self.codes = None
             e = u.new_zeros(B, self.K, q)
-        self.aux = self._attn[:, None, :].expand(-1, self.K, -1)  # [B, K, L] the tower's attention
-        return self.fuse(e, u[:, None, :])
+        u_m = self.code_user_vectors(u, e)  # [B, K, d]
+        self.aux = self._code_attn if self.opt.fusion == "attention" else self._attn[:, None, :].expand(-1, self.K, -1)
+        return self.fuse(e, u_m, codes=self.use_codes)  # [B, K, L] aux: the attention each interest pooled with
 
     # ---- training --------------------------------------------------------------------------------
     def forward(self, item_seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
@@ -456,7 +498,8 @@ class GemiRec(MultiInterestModel):
             self.codes = (select_codes(logits.detach(), self.sizes, self.K, o.epsilon) if predicted
                           else m_star[:, None])
             e = self.interest_emb(self.codes).to(u.dtype)  # [B, K', C·q]
-        interests = self.to_score_space(self.fuse(e, u[:, None, :]))  # [B, K', d]
+        interests = self.to_score_space(self.fuse(e, self.code_user_vectors(u, e), codes=fused))  # [B, K', d]
+        aux = self._code_attn if o.fusion == "attention" else self._attn[:, None, :].expand(-1, interests.shape[1], -1)
         user = self.select(interests, v_t, scale)  # [B, d] the positive's (best) interest
         extra = None
         if fused and o.hard_interests + o.easy_interests > 0:
@@ -466,10 +509,11 @@ class GemiRec(MultiInterestModel):
             hard[sub] = logits.detach().topk(n_hard, -1).indices
             easy = torch.randint(self.n_codes, (B, o.easy_interests), device=u.device)
             neg = torch.cat([hard, easy], 1)  # [B, M']
-            u_neg = self.to_score_space(self.fuse(self.interest_emb(neg).to(u.dtype), u[:, None, :]))  # [B, M', d]
+            e_neg = self.interest_emb(neg).to(u.dtype)  # [B, M', C·q]
+            u_neg = self.to_score_space(self.fuse(e_neg, self.code_user_vectors(u, e_neg)))  # [B, M', d]
             extra = torch.einsum("bmd,bd->bm", u_neg, v_t).masked_fill(
                 (neg[:, :, None] == taken[:, None, :]).any(-1), float("-inf"))  # [B, M']
-        self.aux = self._attn[:, None, :].expand(-1, interests.shape[1], -1)  # [B, K', L]
+        self.aux = aux  # [B, K', L]
         lam_i = o.lambda_idmm * (st != "mirm")
         lam_p = o.lambda_mipdm * (st != "mirm")
         self._terms = {"retrieval_weight": o.lambda_mirm * (st != "idmm"), "extra_negatives": extra,
