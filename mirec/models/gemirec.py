@@ -406,19 +406,20 @@ class GemiRec(MultiInterestModel):
         u = torch.einsum("bl,bld->bd", a, H)
         return u + self.user_mlp(u)  # [B, d]
 
-    def code_user_vectors(self, u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """The tower's vector per code: u [B, d] (fusion "mlp": the same for every code) -> [B, M, d] for e
-        [B, M, C·q] (fusion "attention": u_m = the history pooled with the code's query; user_vector first)."""
+    def code_user_vectors(self, u: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower's vector per code and the attention it pooled with: u [B, d], e [B, M, C·q] -> ([B, M, d],
+        [B, M, L]). Fusion "mlp": u and the tower's one attention for every code; "attention": the history pooled
+        with the code's query (call user_vector first: it leaves H and the logits here)."""
+        M = e.shape[1]
         if self.opt.fusion == "mlp":
-            return u[:, None, :].expand(-1, e.shape[1], -1)
+            return u[:, None, :].expand(-1, M, -1), self._attn[:, None, :].expand(-1, M, -1)
         H, logits, mask = self._tower
         k = self.attn_key(H)  # [B, L, r]
         qm = self.attn_query(e)  # [B, M, r]
         scores = logits[:, None, :] + torch.einsum("bmr,blr->bml", qm, k) / math.sqrt(k.shape[-1])  # [B, M, L]
         a = masked_softmax(scores, mask[:, None, :], dim=-1)  # [B, M, L]
-        self._code_attn = a
         u_m = torch.einsum("bml,bld->bmd", a, H)
-        return u_m + self.user_mlp(u_m)  # [B, M, d]
+        return u_m + self.user_mlp(u_m), a  # [B, M, d], [B, M, L]
 
     def fuse(self, e: torch.Tensor, u: torch.Tensor, codes: bool = True) -> torch.Tensor:
         """u_m = u + MLP(concat(e_m, u)) [+ γ‖u‖·sg[dec(e_m)]]; e [.., C·q], u broadcast to e's leading shape
@@ -455,9 +456,8 @@ class GemiRec(MultiInterestModel):
         else:  # stage mirm: no dictionary yet, K copies of the single interest
             self.codes = None
             e = u.new_zeros(B, self.K, q)
-        u_m = self.code_user_vectors(u, e)  # [B, K, d]
-        self.aux = self._code_attn if self.opt.fusion == "attention" else self._attn[:, None, :].expand(-1, self.K, -1)
-        return self.fuse(e, u_m, codes=self.use_codes)  # [B, K, L] aux: the attention each interest pooled with
+        u_m, self.aux = self.code_user_vectors(u, e)  # [B, K, d]; aux [B, K, L]: what each interest pooled with
+        return self.fuse(e, u_m, codes=self.use_codes)
 
     # ---- training --------------------------------------------------------------------------------
     def forward(self, item_seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
@@ -498,8 +498,8 @@ class GemiRec(MultiInterestModel):
             self.codes = (select_codes(logits.detach(), self.sizes, self.K, o.epsilon) if predicted
                           else m_star[:, None])
             e = self.interest_emb(self.codes).to(u.dtype)  # [B, K', C·q]
-        interests = self.to_score_space(self.fuse(e, self.code_user_vectors(u, e), codes=fused))  # [B, K', d]
-        aux = self._code_attn if o.fusion == "attention" else self._attn[:, None, :].expand(-1, interests.shape[1], -1)
+        u_m, aux = self.code_user_vectors(u, e)  # [B, K', d], [B, K', L]
+        interests = self.to_score_space(self.fuse(e, u_m, codes=fused))  # [B, K', d]
         user = self.select(interests, v_t, scale)  # [B, d] the positive's (best) interest
         extra = None
         if fused and o.hard_interests + o.easy_interests > 0:
@@ -510,7 +510,7 @@ class GemiRec(MultiInterestModel):
             easy = torch.randint(self.n_codes, (B, o.easy_interests), device=u.device)
             neg = torch.cat([hard, easy], 1)  # [B, M']
             e_neg = self.interest_emb(neg).to(u.dtype)  # [B, M', C·q]
-            u_neg = self.to_score_space(self.fuse(e_neg, self.code_user_vectors(u, e_neg)))  # [B, M', d]
+            u_neg = self.to_score_space(self.fuse(e_neg, self.code_user_vectors(u, e_neg)[0]))  # [B, M', d]
             extra = torch.einsum("bmd,bd->bm", u_neg, v_t).masked_fill(
                 (neg[:, :, None] == taken[:, None, :]).any(-1), float("-inf"))  # [B, M']
         self.aux = aux  # [B, K', L]

@@ -27,9 +27,10 @@ import random
 import time
 
 import orjson
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from mirec.config import StrictModel
+from mirec.serving.schema import HandlerAnswer
 from mirec.serving.upstream import ModelServer, UpstreamTimeout, UpstreamUnavailable
 
 POOL_MAX = 20_000  # item ids kept to draw histories from
@@ -55,51 +56,45 @@ async def warm_up(server: ModelServer, model: str, cfg: WarmupSettings, seed: in
     calls = errors = 0
     first_answer: float | None = None
     t0 = time.monotonic()
-    detail = ""
+
+    def result(state: str, detail: str = "") -> dict:
+        return {"state": state, "calls": calls, "errors": errors, "seconds": round(time.monotonic() - t0, 2),
+                "detail": detail}
+
     while calls < cfg.requests:
         if first_answer is not None and time.monotonic() - first_answer > cfg.max_s:
-            detail = f"stopped after max_s {cfg.max_s:g} s"
-            break
-        if pool:
-            k = rng.randint(*cfg.history_len)
-            hist = rng.sample(pool, min(k, len(pool)))
-        else:
-            hist = []
+            return result("done", f"stopped after max_s {cfg.max_s:g} s")
+        hist = rng.sample(pool, min(rng.randint(*cfg.history_len), len(pool))) if pool else []
         body = orjson.dumps({"user_id": "__mirec_warmup__", "history": hist, "n": cfg.n})
+        not_up = None  # why the model cannot answer yet: waited for until its first answer
         try:
             r = await server.predict(model, body, f"warmup-{calls}")
         except UpstreamTimeout:  # an answer too slow for the deadline still warmed the path
-            first_answer = first_answer or time.monotonic()
-            calls += 1
-            errors += 1
-            continue
+            r = None
         except UpstreamUnavailable as exc:
+            not_up = f"model server unreachable: {exc}"
+        else:  # not loaded yet (404) or no worker ready (503) before the first answer: wait as well
+            if r.status != 200 and first_answer is None:
+                not_up = f"HTTP {r.status} before any answer"
+        if not_up is not None:
             if first_answer is not None or time.monotonic() - t0 > cfg.wait_s:
-                return {"state": "gave up", "calls": calls, "errors": errors + 1,
-                        "seconds": round(time.monotonic() - t0, 2), "detail": f"model server unreachable: {exc}"}
-            await asyncio.sleep(1.0)
-            continue
-        if r.status != 200 and first_answer is None:  # not loaded yet (404) or no worker ready (503): wait
-            if time.monotonic() - t0 > cfg.wait_s:
-                return {"state": "gave up", "calls": calls, "errors": errors + 1,
-                        "seconds": round(time.monotonic() - t0, 2),
-                        "detail": f"no answer but HTTP {r.status} within wait_s {cfg.wait_s:g} s"}
+                errors += 1
+                return result("gave up", not_up)
             await asyncio.sleep(1.0)
             continue
         first_answer = first_answer or time.monotonic()
         calls += 1
-        if r.status != 200:
+        if r is None or r.status != 200:
             errors += 1
             continue
         if len(pool) < POOL_MAX:
             try:
-                items = orjson.loads(r.body).get("items") or []
-            except (orjson.JSONDecodeError, AttributeError):
-                items = []
+                items = HandlerAnswer.model_validate_json(r.body).items  # as /recommend parses it
+            except ValidationError:
+                errors += 1
+                continue
             for it in items:
-                i = it.get("item_id") if isinstance(it, dict) else None
-                if isinstance(i, str) and i not in seen:
-                    seen.add(i)
-                    pool.append(i)
-    return {"state": "done", "calls": calls, "errors": errors, "seconds": round(time.monotonic() - t0, 2),
-            "detail": detail}
+                if it.item_id not in seen:
+                    seen.add(it.item_id)
+                    pool.append(it.item_id)
+    return result("done")
