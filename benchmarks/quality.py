@@ -69,6 +69,8 @@ VARIANTS = {
     "proto": ({"options": {"prototype_weight": 1.0}}, {}),  # + γ‖u‖·sg[dec(e_m)], the code's item vector, γ₀ = 1
     "proto3": ({"options": {"prototype_weight": 3.0}}, {}),  # the same, γ₀ = 3: the code's items weigh more than u
     "attn": ({"options": {"fusion": "attention"}}, {}),  # the code steers the tower's pooling (u_m per code)
+    "l1x32": ({"options": {"codebook_sizes": [32, 4]}}, {}),  # the paper's 32 level-1 codes (> the 20 planted
+    # categories), 128 joint codes as the auto rule gives 3,871 items
 }
 METRICS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "diversity@50", "ild@50",
            "coverage@50", "gini@50", "interest_cos", "effective_interests", "single_interest_share",
