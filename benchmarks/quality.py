@@ -71,6 +71,8 @@ VARIANTS = {
     "attn": ({"options": {"fusion": "attention"}}, {}),  # the code steers the tower's pooling (u_m per code)
     "l1x32": ({"options": {"codebook_sizes": [32, 4]}}, {}),  # the paper's 32 level-1 codes (> the 20 planted
     # categories), 128 joint codes as the auto rule gives 3,871 items
+    "eps1": ({"options": {"epsilon": 1}}, {}),  # served (and, under mirm_codes predicted, trained) codes: each
+    # from its own first-level code, so the K interests come from K different coarse groups
 }
 METRICS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "diversity@50", "ild@50",
            "coverage@50", "gini@50", "interest_cos", "effective_interests", "single_interest_share",
