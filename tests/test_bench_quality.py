@@ -73,3 +73,41 @@ def test_ml100k_atomic_files_convert_to_the_movielens_layout(tmp_path):
     assert summary["rows_kept"] == 120 and summary["n_items"] == 6 and summary["n_categories"] == 5
     items = __import__("pandas").read_parquet(out / "items.parquet")
     assert set(items["category"].astype(str)) == {"Animation", "Action", "Thriller", "Drama", "(no genres listed)"}
+
+
+def test_bookcrossing_dump_converts_to_the_movielens_layout(tmp_path):
+    """benchmarks/public_data.py: the BX-CSV-Dump (';'-separated, quoted, no time, ratings 0 = implicit) ->
+    explicit ratings with a random per-user order as timestamps 1..n, publisher as the category; a malformed row
+    is passed on for `mirec data prepare` to quarantine and count. No network: crafted files."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from public_data import BX_UNKNOWN_PUBLISHER, convert_bookcrossing
+
+    isbns = [f"00000000{i:02d}" for i in range(8)]
+    lines = ['"User-ID";"ISBN";"Book-Rating"']
+    lines += [f'"{u}";"{isbns[i]}";"{(u + i) % 10 + 1}"' for u in range(1, 13) for i in range(6)]  # 72 explicit
+    lines += [f'"{u}";"{isbns[7]}";"0"' for u in range(1, 13)]  # implicit: left out, counted
+    lines += ['"99";"0000000001"']  # malformed: 2 fields
+    books = ['"ISBN";"Book-Title";"Book-Author";"Year-Of-Publication";"Publisher"']
+    books += [f'"{isbns[i]}";"Book {i}";"A";"2000";"{"Tor  Books" if i % 2 else "Harlequin"}"' for i in range(5)]
+    raw = tmp_path / "book-crossing"
+    counts = convert_bookcrossing("\r\n".join(lines) + "\r\n", "\r\n".join(books) + "\r\n", raw)
+    assert counts == {"ratings": 72, "users": 12, "items": 6, "implicit_rows_left_out": 12, "malformed_rows": 1,
+                      "items_without_publisher": 1}
+    pd = __import__("pandas")
+    ratings = pd.read_csv(raw / "ratings.csv", dtype=str)
+    explicit = ratings.dropna(subset=["timestamp"])
+    assert len(explicit) == 72 and (explicit["rating"].astype(int) > 0).all()
+    orders = explicit.groupby("userId")["movieId"].apply(list)
+    assert all(sorted(o) == isbns[:6] for o in orders)  # each user's six books, timestamps 1..6
+    assert any(o != isbns[:6] for o in orders)  # in a random order, not the file's (ISBN) order
+    assert set(explicit.groupby("userId")["timestamp"].apply(lambda t: tuple(sorted(t.astype(int))))) == {
+        (1, 2, 3, 4, 5, 6)}
+    movies = pd.read_csv(raw / "movies.csv", dtype=str).set_index("movieId")["genres"]
+    assert movies[isbns[1]] == "tor books" and movies[isbns[0]] == "harlequin" and movies[isbns[5]] == BX_UNKNOWN_PUBLISHER
+    out = tmp_path / "prepared"
+    prepare(DataConfig(name="book-crossing", out_dir=str(out), source={"format": "movielens-csv", "path": str(raw)}),
+            progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_kept"] == 72 and summary["n_items"] == 6 and summary["n_categories"] == 3
+    bad = {k: v for k, v in summary["quarantined"].items() if v and not k.endswith("_min_count")}
+    assert sum(bad.values()) == 1, summary["quarantined"]  # the malformed row: kept aside with its reason
