@@ -178,12 +178,16 @@ def fetch_ml100k(out: Path) -> Path:
     return out
 
 
+#: the datasets this module fetches: name -> (fetcher, raw folder name = the prepared dataset's name)
+PUBLIC_DATASETS = {"ml100k": (fetch_ml100k, "ml-100k"), "bx": (fetch_bookcrossing, "book-crossing")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name", choices=["ml100k", "bx"])
+    ap.add_argument("name", choices=list(PUBLIC_DATASETS))
     ap.add_argument("--out", type=Path, required=True, help="folder for ratings.csv + movies.csv")
     args = ap.parse_args(argv)
-    path = (fetch_ml100k if args.name == "ml100k" else fetch_bookcrossing)(args.out)
+    path = PUBLIC_DATASETS[args.name][0](args.out)
     print(f"{path}: {(path / 'SOURCE.txt').read_text().strip()}")
     return 0
 

